@@ -1,0 +1,467 @@
+"""The `kadnode` command line: run the daemon, talk to it over its control socket, run the demo.
+
+Client commands never touch the network themselves: they ask the local daemon (see kadnode.client).
+Heavy modules (asyncio runtime) are imported inside commands so that `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from kadnode import __version__
+from kadnode.client import ClientError, ControlClient
+
+ENVVAR_DATA_DIR = "KADNODE_DATA_DIR"
+CONTROL_SOCKET_NAME = "control.sock"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _version() -> str:
+    """The installed distribution's version; kadnode.__version__ when run from a source tree."""
+    try:
+        return metadata.version("kadnode")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
+def _default_data_dir() -> str:
+    from kadnode.config import default_data_dir
+
+    return str(default_data_dir())
+
+
+# --- argument parsing --------------------------------------------------------------------------
+
+
+def parse_hex_id(value: str, name: str, what: str) -> str:
+    """Validate a 40-hex-character ID and return it lowercased; UsageError names the argument."""
+    text = value.strip().lower()
+    if len(text) == 40:
+        try:
+            bytes.fromhex(text)
+        except ValueError:
+            pass
+        else:
+            return text
+    raise click.UsageError(f"{name} must be 40 hex characters ({what}), got {value!r}")
+
+
+def parse_host_port(value: str, name: str = "HOST:PORT") -> tuple[str, int]:
+    """'127.0.0.2:6881' -> ('127.0.0.2', 6881); UsageError with an example otherwise."""
+    host, sep, port_text = value.rpartition(":")
+    try:
+        if not sep:
+            raise ValueError
+        host = str(ipaddress.IPv4Address(host))
+        port = int(port_text)
+        if not 1 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        raise click.UsageError(
+            f"{name} must be an IPv4 address and a port like 127.0.0.2:6881, got {value!r}"
+        ) from None
+    return host, port
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns separated by two spaces; the last column is not padded."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        padded = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
+        lines.append("  ".join([*padded, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _flatten(prefix: str, value: Any, out: list[tuple[str, str]]) -> None:
+    if isinstance(value, dict) and value:
+        for key, sub in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
+    else:
+        out.append((prefix, "-" if value is None or value == {} else str(value)))
+
+
+# --- client plumbing ---------------------------------------------------------------------------
+
+
+def client_options(func: F) -> F:
+    """--data-dir, --socket and --json, shared by every command that talks to the daemon."""
+    func = click.option("--json", "as_json", is_flag=True, help="Print the raw result as JSON.")(func)
+    func = click.option(
+        "--socket",
+        "socket_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"Control socket of the daemon (default: DATA_DIR/{CONTROL_SOCKET_NAME}).",
+    )(func)
+    func = click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=ENVVAR_DATA_DIR,
+        default=_default_data_dir,
+        show_default=f"${ENVVAR_DATA_DIR}, else $XDG_DATA_HOME/kadnode",
+        help="Data directory of the daemon to talk to.",
+    )(func)
+    return func
+
+
+def call_daemon(data_dir: Path, socket_path: Path | None, cmd: str, **args: Any) -> Any:
+    """Run one control command; any failure becomes a ClickException (message on stderr, exit 1)."""
+    path = socket_path if socket_path is not None else Path(data_dir) / CONTROL_SOCKET_NAME
+    try:
+        return ControlClient(path, data_dir=data_dir).call(cmd, **args)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+# --- the command group -------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(_version(), "--version", prog_name="kadnode")
+def main() -> None:
+    """kadnode: a Kademlia DHT node that speaks the BitTorrent Mainline DHT (BEP 5).
+
+    Start a daemon with `kadnode run`, then query it from another terminal with
+    `kadnode status`, `kadnode peers INFOHASH`, ... Every command has --help with an example.
+
+    \b
+    Example:
+      kadnode run --port 6881 &
+      kadnode status
+    """
+
+
+@main.command()
+@click.option("--host", help="IPv4 address to bind the UDP socket to.  [default: 0.0.0.0]")
+@click.option("--port", type=click.IntRange(0, 65535), help="UDP port (0: any free port).  [default: 6881]")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=ENVVAR_DATA_DIR,
+    help=f"Where the routing table, peers and the control socket live.  [default: ${ENVVAR_DATA_DIR}, "
+    "else $XDG_DATA_HOME/kadnode]",
+)
+@click.option(
+    "--bootstrap",
+    "bootstrap",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="A node to join through; repeat for several.",
+)
+@click.option(
+    "--seeds-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A file of HOST:PORT lines to join through (e.g. bootstrap/mainline.txt).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A TOML config file; options given here override it.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
+    help="Log verbosity.  [default: info]",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    help="text for people, json (one object per line) for log collectors.  [default: text]",
+)
+def run(
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    bootstrap: tuple[str, ...],
+    seeds_file: Path | None,
+    config_file: Path | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Run a DHT node in the foreground until Ctrl-C (SIGINT) or SIGTERM.
+
+    The node keeps its ID and routing table in the data directory (a restart is a warm start) and serves the
+    control socket DATA_DIR/control.sock that the other commands use.
+
+    With no --bootstrap and no --seeds-file the node starts a new, private network: other nodes
+    join it by bootstrapping from this one. kadnode never contacts the public BitTorrent DHT by
+    itself; its routers are listed in bootstrap/mainline.txt and used only when you opt in with
+    --seeds-file bootstrap/mainline.txt.
+
+    \b
+    Examples:
+      kadnode run --host 127.0.0.2 --port 6881 --data-dir /tmp/kn-a
+      kadnode run --host 127.0.0.3 --port 6881 --data-dir /tmp/kn-b --bootstrap 127.0.0.2:6881
+      kadnode run --config kadnode.toml --log-format json
+    """
+    from kadnode.config import load_config, parse_endpoint
+
+    seeds = []
+    for item in bootstrap:
+        try:
+            seeds.append(parse_endpoint(item))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--bootstrap'") from None
+    try:
+        config = load_config(
+            config_file,
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            bootstrap=tuple(seeds) if seeds else None,
+            seeds_file=seeds_file,
+            log_level=log_level.lower() if log_level else None,
+            log_format=log_format.lower() if log_format else None,
+        )
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"cannot load the configuration: {exc}") from None
+    from kadnode.runtime import daemon  # only now: a config error should not need the runtime
+
+    raise SystemExit(daemon.run(config))
+
+
+@main.command()
+@client_options
+def status(data_dir: Path, socket_path: Path | None, as_json: bool) -> None:
+    """Show the running daemon's ID, routing table health, storage and traffic counters.
+
+    \b
+    Example:
+      kadnode status --data-dir /tmp/kn-a
+    """
+    result = call_daemon(data_dir, socket_path, "status")
+    if as_json:
+        emit_json(result)
+        return
+    rows: list[tuple[str, str]] = []
+    _flatten("", result, rows)
+    width = max((len(key) for key, _ in rows), default=0)
+    for key, value in rows:
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+@main.command()
+@client_options
+def routes(data_dir: Path, socket_path: Path | None, as_json: bool) -> None:
+    """List the routing table: every known node with its state, failures and round-trip time.
+
+    Nodes are sorted by XOR distance from this node's ID, closest first.
+
+    \b
+    Example:
+      kadnode routes --data-dir /tmp/kn-a
+    """
+    result = call_daemon(data_dir, socket_path, "routes")
+    if as_json:
+        emit_json(result)
+        return
+    nodes = result["nodes"]
+    if not nodes:
+        click.echo(f"routing table of {result['node_id']} is empty (no node has answered yet)")
+        return
+    click.echo(
+        table(
+            ["ID", "ADDRESS", "STATE", "FAILURES", "RTT"],
+            [[n["id"], f"{n['host']}:{n['port']}", n["state"], n["failures"], ms(n["rtt"])] for n in nodes],
+        )
+    )
+    click.echo(f"{plural(result['count'], 'node')} in the routing table of {result['node_id']}")
+
+
+@main.command()
+@click.argument("endpoint", metavar="HOST:PORT")
+@client_options
+def ping(endpoint: str, data_dir: Path, socket_path: Path | None, as_json: bool) -> None:
+    """Ask the daemon to ping a DHT node, and show its ID and the round-trip time.
+
+    Exits with status 1 when the node does not answer.
+
+    \b
+    Example:
+      kadnode ping 127.0.0.3:6881 --data-dir /tmp/kn-a
+    """
+    host, port = parse_host_port(endpoint)
+    result = call_daemon(data_dir, socket_path, "ping", host=host, port=port)
+    if as_json:
+        emit_json(result)
+    elif result["ok"]:
+        click.echo(f"pong from {result['addr']}: node id {result['node_id']}, rtt {ms(result['rtt'])}")
+    if not result["ok"]:
+        raise click.ClickException(f"no answer from {result['addr']}: {result['error']}")
+
+
+@main.command()
+@click.argument("target", metavar="ID")
+@client_options
+def lookup(target: str, data_dir: Path, socket_path: Path | None, as_json: bool) -> None:
+    """Find the k nodes closest to ID (an iterative find_node lookup) and show their XOR distances.
+
+    ID is 40 hex characters: a node ID or an info-hash. A lookup takes milliseconds on a LAN and
+    up to a minute on a large network.
+
+    \b
+    Example:
+      kadnode lookup 5fbfbff10c5d6a4ec8a88e4c6ab4c28b95eeb19e --data-dir /tmp/kn-a
+    """
+    target_hex = parse_hex_id(target, "ID", "a 160-bit node ID or info-hash")
+    result = call_daemon(data_dir, socket_path, "lookup", target=target_hex)
+    if as_json:
+        emit_json(result)
+        return
+    _print_lookup_summary("lookup", result)
+    closest = result["closest"]
+    if not closest:
+        raise click.ClickException("the lookup found no node; is the daemon bootstrapped? see `kadnode status`")
+    click.echo(
+        table(
+            ["#", "ID", "ADDRESS", "DISTANCE", "LOG2"],
+            [
+                [i, n["id"], n["addr"], n["distance"], int(n["distance"], 16).bit_length()]
+                for i, n in enumerate(closest, 1)
+            ],
+        )
+    )
+
+
+def _print_lookup_summary(what: str, lookup_result: dict[str, Any]) -> None:
+    timed_out = ", timed out" if lookup_result.get("timed_out") else ""
+    click.echo(
+        f"{what} {lookup_result['target']}: queried {lookup_result['queried']}, "
+        f"responded {lookup_result['responded']}, failed {lookup_result['failed']}, "
+        f"{ms(lookup_result['duration'])}{timed_out}"
+    )
+
+
+@main.command()
+@click.argument("info_hash", metavar="INFOHASH")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    help="TCP/uTP port your client serves the torrent on. Without it the DHT nodes record the "
+    "daemon's UDP source port (implied_port).",
+)
+@client_options
+def announce(info_hash: str, port: int | None, data_dir: Path, socket_path: Path | None, as_json: bool) -> None:
+    """Announce that this host has the torrent INFOHASH (get_peers lookup, then announce_peer).
+
+    The nodes closest to INFOHASH store this host as a peer for about 30 minutes; announce again
+    every 15 minutes to stay listed. Exits with status 1 when no node accepted the announce.
+
+    \b
+    Example:
+      kadnode announce 5fbfbff10c5d6a4ec8a88e4c6ab4c28b95eeb19e --port 51413 --data-dir /tmp/kn-a
+    """
+    ih = parse_hex_id(info_hash, "INFOHASH", "a 20-byte SHA-1")
+    result = call_daemon(data_dir, socket_path, "announce", info_hash=ih, port=port)
+    if as_json:
+        emit_json(result)
+    else:
+        how = f"port {result['port']}" if result["port"] is not None else "implied port"
+        click.echo(
+            f"announced {result['info_hash']} ({how}) to {result['stored_at']} of "
+            f"{plural(result['attempted'], 'node')}; {plural(len(result['peers']), 'other peer')} already listed"
+        )
+    if result["stored_at"] == 0:
+        raise click.ClickException(
+            f"no node stored the announce ({result['attempted']} tried); is the daemon bootstrapped? "
+            "see `kadnode status`"
+        )
+
+
+@main.command()
+@click.argument("info_hash", metavar="INFOHASH")
+@client_options
+def peers(info_hash: str, data_dir: Path, socket_path: Path | None, as_json: bool) -> None:
+    """Find peers announced for the torrent INFOHASH (an iterative get_peers lookup).
+
+    Prints one peer per line; with --json a list of "host:port" strings. Finding no peer is not an
+    error: the exit status is 0 and the output says "no peers found".
+
+    \b
+    Example:
+      kadnode peers 5fbfbff10c5d6a4ec8a88e4c6ab4c28b95eeb19e --data-dir /tmp/kn-b
+    """
+    ih = parse_hex_id(info_hash, "INFOHASH", "a 20-byte SHA-1")
+    result = call_daemon(data_dir, socket_path, "peers", info_hash=ih)
+    found: list[str] = result["peers"]
+    if as_json:
+        emit_json(found)
+        return
+    if not found:
+        click.echo(f"no peers found for {ih}")
+    else:
+        rows = [peer.rpartition(":")[::2] for peer in found]
+        click.echo(table(["HOST", "PORT"], rows))
+        click.echo(f"{plural(len(found), 'peer')} for {ih}")
+    lookup_result = result["lookup"]
+    click.echo(
+        f"(lookup: queried {lookup_result['queried']}, responded {lookup_result['responded']}, "
+        f"{ms(lookup_result['duration'])})",
+        err=True,
+    )
+
+
+@main.command()
+@click.option(
+    "--nodes",
+    "-n",
+    type=click.IntRange(2, 2000),
+    default=20,
+    show_default=True,
+    help="How many nodes to start.",
+)
+@click.option("--seed", type=int, help="Seed for the random choices (targets, info-hashes, nodes).")
+@click.option(
+    "--lookups",
+    type=click.IntRange(0, 1000),
+    default=5,
+    show_default=True,
+    help="find_node lookups to check against the brute-force k closest.",
+)
+@click.option(
+    "--announces",
+    type=click.IntRange(0, 1000),
+    default=5,
+    show_default=True,
+    help="Info-hashes to announce and look up again from another node.",
+)
+def demo(nodes: int, seed: int | None, lookups: int, announces: int) -> None:
+    """Start a small DHT on loopback in this process and check that it works.
+
+    Starts N real nodes on 127.0.0.10, 127.0.0.11, ... (ephemeral UDP ports), bootstraps them all
+    from the first, runs find_node lookups from random nodes and compares them with the true k
+    closest, announces random info-hashes and finds them from other nodes, then prints a summary.
+    Nothing leaves 127.0.0.0/8. Exits with status 0 only if every check passed.
+
+    \b
+    Example:
+      kadnode demo --nodes 50 --seed 7
+    """
+    from kadnode.demo import main as demo_main
+
+    raise SystemExit(demo_main(nodes, seed=seed, lookups=lookups, announces=announces))

@@ -1,0 +1,112 @@
+"""A small synchronous client for the daemon's control socket (see kadnode.runtime.control).
+
+Synchronous on purpose: the CLI and scripts make one call and exit, and a plain socket needs no event loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TIMEOUT = 10.0
+"""Quick commands (status, routes) answer in milliseconds; this only guards against a hung daemon."""
+COMMAND_TIMEOUTS = {"ping": 30.0, "lookup": 90.0, "peers": 90.0, "announce": 150.0}
+"""Lookups may run up to lookup_timeout (60 s); an announce is a get_peers lookup plus a round of stores."""
+MAX_REPLY = 16 * 1024 * 1024
+"""A reply larger than this means something is wrong; stop reading rather than exhaust memory."""
+
+
+class ClientError(Exception):
+    """Base class: the call did not produce a result. The message says what to do."""
+
+
+class DaemonNotRunning(ClientError):
+    """Nothing listens on the control socket."""
+
+
+class ControlError(ClientError):
+    """The daemon answered ok:false (or answered something unreadable)."""
+
+
+class ControlTimeout(ClientError):
+    """The daemon did not answer in time."""
+
+
+class ControlClient:
+    """Calls commands on a running daemon: ``ControlClient(path).call("peers", info_hash="ab" * 20)``."""
+
+    def __init__(
+        self, socket_path: Path | str, timeout: float = DEFAULT_TIMEOUT, *, data_dir: Path | str | None = None
+    ) -> None:
+        self.socket_path = Path(socket_path)
+        self.timeout = timeout
+        self.data_dir = Path(data_dir) if data_dir is not None else self.socket_path.parent
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        """Send one request and return its result; raise a ClientError subclass otherwise."""
+        timeout = max(self.timeout, COMMAND_TIMEOUTS.get(cmd, 0.0))
+        request = json.dumps({"cmd": cmd, "args": args}).encode() + b"\n"
+        with self._connect(timeout) as sock:
+            try:
+                sock.sendall(request)
+                line = self._read_line(sock)
+            except TimeoutError:
+                raise ControlTimeout(f"the daemon did not answer {cmd!r} within {timeout:g} s; check its log") from None
+            except ConnectionError as exc:
+                raise ControlError(f"the daemon closed the connection during {cmd!r}: {exc}") from None
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise ControlError(f"the daemon sent an unreadable reply: {line[:200]!r}") from None
+        if not isinstance(reply, dict) or "ok" not in reply:
+            raise ControlError(f"the daemon sent an unexpected reply: {line[:200]!r}")
+        if not reply["ok"]:
+            raise ControlError(str(reply.get("error", "the daemon reported an unspecified error")))
+        return reply.get("result")
+
+    def _not_running(self) -> DaemonNotRunning:
+        return DaemonNotRunning(
+            f"no kadnode daemon is running with data dir {self.data_dir} — "
+            f"start one with `kadnode run --data-dir {self.data_dir}`"
+        )
+
+    def _connect(self, timeout: float) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            raise self._not_running() from None
+        except PermissionError:
+            sock.close()
+            raise ClientError(
+                f"permission denied on {self.socket_path}; the daemon runs as another user "
+                "(run the command as that user)"
+            ) from None
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.ENOTSOCK or exc.errno == errno.ECONNREFUSED:
+                raise self._not_running() from None
+            raise ClientError(f"cannot connect to the control socket {self.socket_path}: {exc}") from None
+        return sock
+
+    @staticmethod
+    def _read_line(sock: socket.socket) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("connection closed before a full reply")
+            newline = chunk.find(b"\n")
+            if newline >= 0:
+                chunks.append(chunk[:newline])
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_REPLY:
+                raise ControlError(f"the daemon's reply exceeds {MAX_REPLY} bytes")

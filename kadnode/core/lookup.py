@@ -1,0 +1,232 @@
+"""The iterative Kademlia lookup as a state machine: the caller sends, this only decides.
+
+There is no round barrier: every answer, failure or slow request immediately frees a slot for the next
+closest unqueried candidate, so `alpha` parallel requests actually cut latency. A slow request stops
+holding its slot (another one goes out) but its late answer is still used.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left
+from collections.abc import Iterable
+from enum import Enum
+
+from kadnode.settings import Settings
+from kadnode.types import NodeInfo
+
+
+class _State(Enum):
+    NEW = 0
+    IN_FLIGHT = 1
+    RESPONDED = 2
+    FAILED = 3
+
+
+class _Candidate:
+    __slots__ = ("dist", "listed", "node", "slow", "state")
+
+    def __init__(self, node: NodeInfo, dist: int) -> None:
+        self.node = node
+        self.dist = dist
+        self.state = _State.NEW
+        self.slow = False
+        self.listed = False
+
+
+class Lookup:
+    """Find the k nodes closest to `target` that answer, starting from `seeds`.
+
+    Candidates live in a list sorted by XOR distance (at most `lookup_max_candidates` of them, failed
+    ones removed). Every node we contacted stays known by ID, so it is never queried twice and its late
+    answer is still recognised. Events after the lookup finished are ignored: the result stays stable.
+    """
+
+    def __init__(
+        self,
+        target: int,
+        settings: Settings,
+        seeds: Iterable[NodeInfo],
+        now: float,
+        exclude: int | None = None,
+    ) -> None:
+        self.target = target
+        self.started = now
+        self.queried = 0
+        self.responded = 0
+        self.failed = 0
+        self._k = settings.k
+        self._alpha = settings.alpha
+        self._cap = max(settings.lookup_max_candidates, settings.k)
+        self._deadline = now + settings.lookup_timeout
+        self._exclude = exclude
+        self._nodes: dict[int, _Candidate] = {}
+        """Listed candidates plus every node ever contacted."""
+        self._dists: list[int] = []
+        self._cands: list[_Candidate] = []
+        """Listed candidates, parallel to `_dists` (sorted ascending)."""
+        self._active = 0
+        """Requests in flight that are not slow: these hold the `alpha` slots."""
+        self._pending = 0
+        """All requests in flight, slow ones and unlisted ones included."""
+        self._finished = False
+        self._timed_out = False
+        self._add(seeds)
+        self._update_finished()
+
+    # --- state ---------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def timed_out(self) -> bool:
+        return self._timed_out
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered or failed (slow ones included)."""
+        return self._pending
+
+    def check(self, now: float) -> bool:
+        """Finish the lookup if `lookup_timeout` has passed; returns `finished`."""
+        if not self._finished and now >= self._deadline:
+            self._finished = True
+            self._timed_out = True
+        return self._finished
+
+    def result(self) -> list[NodeInfo]:
+        """Up to k nodes that answered, closest to the target first."""
+        answered = (c for c in self._nodes.values() if c.state is _State.RESPONDED)
+        return [c.node for c in heapq.nsmallest(self._k, answered, key=lambda c: c.dist)]
+
+    # --- driving -------------------------------------------------------------------------------
+
+    def next_requests(self, now: float) -> list[NodeInfo]:
+        """Candidates to query now (marked in flight): the closest unqueried ones, up to free slots."""
+        if self.check(now):
+            return []
+        slots = self._alpha - self._active
+        if slots <= 0:
+            return []
+        out: list[NodeInfo] = []
+        needed = self._k
+        for cand in self._cands:
+            state = cand.state
+            if state is _State.RESPONDED:
+                needed -= 1
+                if needed == 0:
+                    break
+            elif state is _State.NEW:
+                cand.state = _State.IN_FLIGHT
+                out.append(cand.node)
+                slots -= 1
+                if slots == 0:
+                    break
+        n = len(out)
+        self.queried += n
+        self._active += n
+        self._pending += n
+        if n == 0:
+            self._update_finished()
+        return out
+
+    def on_response(self, node: NodeInfo, closer: Iterable[NodeInfo], now: float) -> None:
+        """`node` answered with `closer`. Only nodes we queried count (late answers after failure too)."""
+        if self.check(now):
+            return
+        cand = self._nodes.get(node.id)
+        if cand is None or cand.state is _State.NEW or cand.state is _State.RESPONDED:
+            return
+        if cand.state is _State.IN_FLIGHT:
+            self._settle(cand)
+        else:  # FAILED earlier, answered late: it is a good candidate after all
+            self.failed -= 1
+        cand.state = _State.RESPONDED
+        self.responded += 1
+        if not cand.listed:
+            self._list(cand)
+        self._add(closer)
+        self._update_finished()
+
+    def on_failure(self, node: NodeInfo, now: float) -> None:
+        """`node` timed out or returned an error: it leaves the candidate list."""
+        if self.check(now):
+            return
+        cand = self._nodes.get(node.id)
+        if cand is None or cand.state is not _State.IN_FLIGHT:
+            return
+        self._settle(cand)
+        cand.state = _State.FAILED
+        self.failed += 1
+        if cand.listed:
+            self._unlist(cand)
+        self._update_finished()
+
+    def on_slow(self, node: NodeInfo, now: float) -> None:
+        """`node` passed its short timeout: free its slot, but keep waiting for its answer."""
+        if self.check(now):
+            return
+        cand = self._nodes.get(node.id)
+        if cand is not None and cand.state is _State.IN_FLIGHT and not cand.slow:
+            cand.slow = True
+            self._active -= 1
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _settle(self, cand: _Candidate) -> None:
+        """An in-flight request ended: release its slot accounting."""
+        self._pending -= 1
+        if not cand.slow:
+            self._active -= 1
+        cand.slow = False
+
+    def _add(self, nodes: Iterable[NodeInfo]) -> None:
+        target, known, exclude = self.target, self._nodes, self._exclude
+        for node in nodes:
+            if node.id in known or node.id == exclude:
+                continue
+            dist = node.id ^ target
+            if len(self._dists) >= self._cap and dist > self._dists[-1]:
+                continue
+            cand = _Candidate(node, dist)
+            known[node.id] = cand
+            self._list(cand)
+
+    def _list(self, cand: _Candidate) -> None:
+        """Insert into the sorted list, evicting the farthest entry when over the cap."""
+        dists = self._dists
+        if len(dists) >= self._cap and cand.dist > dists[-1]:
+            return
+        i = bisect_left(dists, cand.dist)
+        dists.insert(i, cand.dist)
+        self._cands.insert(i, cand)
+        cand.listed = True
+        if len(dists) > self._cap:
+            dists.pop()
+            evicted = self._cands.pop()
+            evicted.listed = False
+            if evicted.state is _State.NEW:
+                del self._nodes[evicted.node.id]  # never contacted: forget it entirely
+
+    def _unlist(self, cand: _Candidate) -> None:
+        i = bisect_left(self._dists, cand.dist)
+        del self._dists[i]
+        del self._cands[i]
+        cand.listed = False
+
+    def _update_finished(self) -> None:
+        """Finished when the k closest listed candidates answered, or nothing is left to wait for."""
+        if self._finished:
+            return
+        needed = self._k
+        for cand in self._cands:
+            if cand.state is not _State.RESPONDED:
+                return  # NEW or IN_FLIGHT (failed ones are not listed) closer than the k-th answer
+            needed -= 1
+            if needed == 0:
+                self._finished = True
+                return
+        if self._pending == 0:
+            self._finished = True

@@ -1,0 +1,75 @@
+"""BEP 5 compact encodings: 6-byte IPv4 peers, 26-byte nodes, 20-byte node IDs.
+
+IPv4 only, as BEP 5 defines them. Hosts must be dotted quads: `inet_pton` refuses the shorthand forms
+("127.1") that `inet_aton` would quietly accept.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+
+from kadnode.types import Addr, NodeInfo
+
+ID_BYTES = 20
+PEER_BYTES = 6
+NODE_BYTES = ID_BYTES + PEER_BYTES
+_ID_LIMIT = 1 << (8 * ID_BYTES)
+
+
+class CompactError(ValueError):
+    """A value does not fit, or bytes do not decode to, a compact encoding."""
+
+
+def encode_peer(addr: Addr) -> bytes:
+    """6 bytes: the IPv4 address and the big-endian port."""
+    host, port = addr
+    if not isinstance(host, str):
+        raise CompactError(f"host must be a dotted-quad string, not {type(host).__name__}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+        raise CompactError(f"port {port!r} is not in 0..65535")
+    try:
+        packed = socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        raise CompactError(f"{host!r} is not an IPv4 address") from None
+    return packed + port.to_bytes(2, "big")
+
+
+def decode_peer(data: bytes) -> Addr:
+    """The (host, port) in exactly 6 bytes."""
+    if len(data) != PEER_BYTES:
+        raise CompactError(f"compact peer must be {PEER_BYTES} bytes, not {len(data)}")
+    return socket.inet_ntoa(data[:4]), int.from_bytes(data[4:6], "big")
+
+
+def encode_nodes(nodes: Iterable[NodeInfo]) -> bytes:
+    """26 bytes per node: the 20-byte ID, then the compact peer."""
+    return b"".join(id_to_bytes(node.id) + encode_peer(node.addr) for node in nodes)
+
+
+def decode_nodes(data: bytes) -> list[NodeInfo]:
+    """Every node in a compact node string (its length must be a multiple of 26)."""
+    if len(data) % NODE_BYTES:
+        raise CompactError(f"compact node info length {len(data)} is not a multiple of {NODE_BYTES}")
+    inet_ntoa = socket.inet_ntoa
+    return [
+        NodeInfo(
+            int.from_bytes(data[i : i + ID_BYTES], "big"),
+            (inet_ntoa(data[i + ID_BYTES : i + ID_BYTES + 4]), int.from_bytes(data[i + 24 : i + 26], "big")),
+        )
+        for i in range(0, len(data), NODE_BYTES)
+    ]
+
+
+def id_to_bytes(node_id: int) -> bytes:
+    """The 20-byte big-endian form of a 160-bit ID."""
+    if isinstance(node_id, bool) or not isinstance(node_id, int) or not 0 <= node_id < _ID_LIMIT:
+        raise CompactError(f"node id {node_id!r} is not in [0, 2**160)")
+    return node_id.to_bytes(ID_BYTES, "big")
+
+
+def id_from_bytes(data: bytes) -> int:
+    """The ID in exactly 20 bytes."""
+    if len(data) != ID_BYTES:
+        raise CompactError(f"node id must be {ID_BYTES} bytes, not {len(data)}")
+    return int.from_bytes(data, "big")

@@ -1,0 +1,349 @@
+"""Typed KRPC messages (BEP 5, with BEP 42 `ip` and BEP 43 `ro`).
+
+`decode_message` turns a datagram into a frozen value or raises `KrpcError`; it never raises anything
+else, whatever the bytes. The error carries the transaction id whenever it could be read, so the node
+can answer a malformed query with a 203 error that the sender can match. Unknown keys are allowed
+everywhere (forward compatibility) but still count against the bencode limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from kadnode.types import Addr, NodeInfo
+from kadnode.wire.bencode import Bencoded, BencodeError, bdecode, bencode
+from kadnode.wire.compact import CompactError, decode_nodes, decode_peer, encode_peer
+
+GENERIC_ERROR = 201
+SERVER_ERROR = 202
+PROTOCOL_ERROR = 203
+METHOD_UNKNOWN = 204
+
+MAX_TID_LEN = 16
+"""Longest transaction id accepted. BEP 5 suggests 2 bytes; some clients use 4 or 8."""
+
+_ID_LEN = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    method: ClassVar[bytes] = b"ping"
+
+
+@dataclass(frozen=True, slots=True)
+class FindNode:
+    method: ClassVar[bytes] = b"find_node"
+    target: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GetPeers:
+    method: ClassVar[bytes] = b"get_peers"
+    info_hash: bytes
+    noseed: bool = False
+    scrape: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AnnouncePeer:
+    method: ClassVar[bytes] = b"announce_peer"
+    info_hash: bytes
+    port: int
+    """0 when absent; meaningless when `implied_port` is set (the UDP source port counts then)."""
+    token: bytes
+    implied_port: bool = False
+    seed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownMethod:
+    """A query we do not implement; `target` lets the node answer it like find_node (libtorrent does)."""
+
+    method: bytes
+    target: bytes | None
+    """The 20-byte `target` argument, else the 20-byte `info_hash`, else None."""
+
+
+QueryBody = Ping | FindNode | GetPeers | AnnouncePeer | UnknownMethod
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    tid: bytes
+    sender_id: bytes
+    body: QueryBody
+    version: bytes | None = None
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A reply; `values` is the whole `r` dict as sent, `id` included (filled in from `sender_id`)."""
+
+    tid: bytes
+    sender_id: bytes
+    values: dict[bytes, Any]
+    version: bytes | None = None
+    ip: Addr | None = None
+    """BEP 42: the requester's address as the responder saw it."""
+
+    def __post_init__(self) -> None:
+        have = self.values.get(b"id")
+        if have is None:
+            object.__setattr__(self, "values", {**self.values, b"id": self.sender_id})
+        elif have != self.sender_id:
+            raise ValueError("values[b'id'] differs from sender_id")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    tid: bytes
+    code: int
+    message: str
+    version: bytes | None = None
+
+
+Message = Query | Response | ErrorReply
+
+
+class KrpcError(Exception):
+    """The remote sent something we cannot accept."""
+
+    code: int
+    message: str
+    tid: bytes | None
+    """Set when the transaction id was readable, so that an error reply can be matched."""
+    reason: str
+    """Counter name, e.g. "bad_bencode", "missing_field", "bad_id"."""
+    msg_type: bytes | None
+    """The `y` of the offending message when readable: only queries deserve an error reply."""
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        tid: bytes | None = None,
+        reason: str = "protocol_error",
+        msg_type: bytes | None = None,
+    ) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+        self.tid = tid
+        self.reason = reason
+        self.msg_type = msg_type
+
+
+class _Envelope:
+    """What is known about the message so far, to stamp onto a KrpcError."""
+
+    __slots__ = ("msg_type", "tid")
+
+    def __init__(self) -> None:
+        self.tid: bytes | None = None
+        self.msg_type: bytes | None = None
+
+    def error(self, reason: str, message: str) -> KrpcError:
+        return KrpcError(PROTOCOL_ERROR, message, self.tid, reason, self.msg_type)
+
+    def get(self, d: dict[bytes, Bencoded], key: bytes) -> Bencoded:
+        value = d.get(key)
+        if value is None:
+            raise self.error("missing_field", f"missing '{key.decode()}'")
+        return value
+
+    def get_id20(self, d: dict[bytes, Bencoded], key: bytes, reason: str) -> bytes:
+        value = self.get(d, key)
+        if type(value) is not bytes or len(value) != _ID_LEN:
+            raise self.error(reason, f"'{key.decode()}' must be a {_ID_LEN}-byte string")
+        return value
+
+    def get_flag(self, d: dict[bytes, Bencoded], key: bytes) -> bool:
+        value = d.get(key)
+        if value is None:
+            return False
+        if type(value) is not int:
+            raise self.error("bad_field", f"'{key.decode()}' must be an integer")
+        return value != 0
+
+
+def decode_message(data: bytes, *, max_depth: int = 10, max_items: int = 500) -> Message:
+    """Parse and validate one KRPC datagram; any problem raises KrpcError (code 203)."""
+    env = _Envelope()
+    try:
+        msg = bdecode(data, max_depth=max_depth, max_items=max_items)
+    except BencodeError as exc:
+        raise KrpcError(PROTOCOL_ERROR, f"invalid bencode ({exc.reason})", None, "bad_bencode") from exc
+    if type(msg) is not dict:
+        raise env.error("not_dict", "message is not a dict")
+    tid = env.get(msg, b"t")
+    if type(tid) is not bytes or not 0 < len(tid) <= MAX_TID_LEN:
+        raise env.error("bad_tid", f"'t' must be a string of 1 to {MAX_TID_LEN} bytes")
+    env.tid = tid
+    y = env.get(msg, b"y")
+    if type(y) is not bytes or y not in (b"q", b"r", b"e"):
+        raise env.error("bad_message_type", "'y' must be 'q', 'r' or 'e'")
+    env.msg_type = y
+    version = msg.get(b"v")
+    if type(version) is not bytes:
+        version = None  # a malformed optional field is ignored, as other clients do
+    if y == b"q":
+        return _decode_query(env, msg, tid, version)
+    if y == b"r":
+        return _decode_response(env, msg, tid, version)
+    return _decode_error(env, msg, tid, version)
+
+
+def _decode_query(env: _Envelope, msg: dict[bytes, Bencoded], tid: bytes, version: bytes | None) -> Query:
+    method = env.get(msg, b"q")
+    if type(method) is not bytes:
+        raise env.error("bad_method", "'q' must be a string")
+    args = env.get(msg, b"a")
+    if type(args) is not dict:
+        raise env.error("bad_args", "'a' must be a dict")
+    sender_id = env.get_id20(args, b"id", "bad_id")
+    body: QueryBody
+    if method == b"ping":
+        body = Ping()
+    elif method == b"find_node":
+        body = FindNode(env.get_id20(args, b"target", "bad_target"))
+    elif method == b"get_peers":
+        body = GetPeers(
+            env.get_id20(args, b"info_hash", "bad_info_hash"),
+            noseed=env.get_flag(args, b"noseed"),
+            scrape=env.get_flag(args, b"scrape"),
+        )
+    elif method == b"announce_peer":
+        body = _decode_announce(env, args)
+    else:
+        target = args.get(b"target")
+        if type(target) is not bytes or len(target) != _ID_LEN:
+            target = args.get(b"info_hash")
+            if type(target) is not bytes or len(target) != _ID_LEN:
+                target = None
+        body = UnknownMethod(method, target)
+    ro = msg.get(b"ro")
+    return Query(tid, sender_id, body, version, type(ro) is int and ro == 1)
+
+
+def _decode_announce(env: _Envelope, args: dict[bytes, Bencoded]) -> AnnouncePeer:
+    info_hash = env.get_id20(args, b"info_hash", "bad_info_hash")
+    token = env.get(args, b"token")
+    if type(token) is not bytes:
+        raise env.error("bad_token", "'token' must be a string")
+    implied = env.get_flag(args, b"implied_port")
+    raw_port = args.get(b"port")
+    if type(raw_port) is int and 0 <= raw_port <= 0xFFFF:
+        port = raw_port
+    elif implied:
+        port = 0  # ignored anyway: the UDP source port is the peer's port
+    elif raw_port is None:
+        raise env.error("missing_field", "missing 'port'")
+    else:
+        raise env.error("bad_port", "'port' must be an integer in 0..65535")
+    return AnnouncePeer(info_hash, port, token, implied, env.get_flag(args, b"seed"))
+
+
+def _decode_response(
+    env: _Envelope, msg: dict[bytes, Bencoded], tid: bytes, version: bytes | None
+) -> Response:
+    values = env.get(msg, b"r")
+    if type(values) is not dict:
+        raise env.error("bad_response", "'r' must be a dict")
+    sender_id = env.get_id20(values, b"id", "bad_id")
+    ip: Addr | None = None
+    raw_ip = msg.get(b"ip")
+    if type(raw_ip) is bytes and len(raw_ip) == 6:
+        ip = decode_peer(raw_ip)
+    return Response(tid, sender_id, values, version, ip)
+
+
+def _decode_error(
+    env: _Envelope, msg: dict[bytes, Bencoded], tid: bytes, version: bytes | None
+) -> ErrorReply:
+    err = env.get(msg, b"e")
+    if type(err) is not list or len(err) != 2 or type(err[0]) is not int or type(err[1]) is not bytes:
+        raise env.error("bad_error", "'e' must be [integer code, string message]")
+    return ErrorReply(tid, err[0], err[1].decode("utf-8", errors="replace"), version)
+
+
+def encode_message(msg: Message) -> bytes:
+    """Canonical bencode of a message; `v`, `ip` and `ro` appear only when set."""
+    out: dict[bytes, Any]
+    if isinstance(msg, Query):
+        out = {b"t": msg.tid, b"y": b"q", b"q": msg.body.method, b"a": _query_args(msg)}
+        if msg.read_only:
+            out[b"ro"] = 1
+    elif isinstance(msg, Response):
+        out = {b"t": msg.tid, b"y": b"r", b"r": msg.values}
+        if msg.ip is not None:
+            out[b"ip"] = encode_peer(msg.ip)
+    elif isinstance(msg, ErrorReply):
+        out = {b"t": msg.tid, b"y": b"e", b"e": [msg.code, msg.message]}
+    else:
+        raise TypeError(f"not a KRPC message: {type(msg).__name__}")
+    if msg.version is not None:
+        out[b"v"] = msg.version
+    return bencode(out)
+
+
+def _query_args(query: Query) -> dict[bytes, Any]:
+    args: dict[bytes, Any] = {b"id": query.sender_id}
+    body = query.body
+    if isinstance(body, FindNode):
+        args[b"target"] = body.target
+    elif isinstance(body, GetPeers):
+        args[b"info_hash"] = body.info_hash
+        if body.noseed:
+            args[b"noseed"] = 1
+        if body.scrape:
+            args[b"scrape"] = 1
+    elif isinstance(body, AnnouncePeer):
+        args[b"info_hash"] = body.info_hash
+        args[b"port"] = body.port
+        args[b"token"] = body.token
+        if body.implied_port:
+            args[b"implied_port"] = 1
+        if body.seed:
+            args[b"seed"] = 1
+    elif isinstance(body, UnknownMethod) and body.target is not None:
+        args[b"target"] = body.target
+    return args
+
+
+def _bad_value(resp: Response, reason: str, message: str) -> KrpcError:
+    return KrpcError(PROTOCOL_ERROR, message, resp.tid, reason, b"r")
+
+
+def response_nodes(resp: Response) -> list[NodeInfo]:
+    """The nodes in `nodes` (none when absent)."""
+    raw = resp.values.get(b"nodes")
+    if raw is None:
+        return []
+    if type(raw) is not bytes:
+        raise _bad_value(resp, "bad_nodes", "'nodes' must be a string")
+    try:
+        return decode_nodes(raw)
+    except CompactError as exc:
+        raise _bad_value(resp, "bad_nodes", str(exc)) from None
+
+
+def response_peers(resp: Response) -> list[Addr]:
+    """The peers in `values` (none when absent); entries that are not 6-byte strings are skipped."""
+    raw = resp.values.get(b"values")
+    if raw is None:
+        return []
+    if type(raw) is not list:
+        raise _bad_value(resp, "bad_values", "'values' must be a list")
+    return [decode_peer(item) for item in raw if type(item) is bytes and len(item) == 6]
+
+
+def response_token(resp: Response) -> bytes | None:
+    """The write token, if the response carries one."""
+    raw = resp.values.get(b"token")
+    if raw is None:
+        return None
+    if type(raw) is not bytes:
+        raise _bad_value(resp, "bad_token", "'token' must be a string")
+    return raw

@@ -1,0 +1,430 @@
+"""KRPC messages: BEP 5 examples, envelope validation, optional fields, helpers and fuzzing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kadnode.types import NodeInfo
+from kadnode.wire.bencode import bencode
+from kadnode.wire.compact import encode_nodes
+from kadnode.wire.krpc import (
+    MAX_TID_LEN,
+    METHOD_UNKNOWN,
+    PROTOCOL_ERROR,
+    AnnouncePeer,
+    ErrorReply,
+    FindNode,
+    GetPeers,
+    KrpcError,
+    Message,
+    Ping,
+    Query,
+    Response,
+    UnknownMethod,
+    decode_message,
+    encode_message,
+    response_nodes,
+    response_peers,
+    response_token,
+)
+
+ID_A = b"abcdefghij0123456789"
+ID_M = b"mnopqrstuvwxyz123456"
+
+# --- BEP 5 example packets ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe", Query(b"aa", ID_A, Ping())),
+        (b"d1:rd2:id20:mnopqrstuvwxyz123456e1:t2:aa1:y1:re", Response(b"aa", ID_M, {b"id": ID_M})),
+        (
+            b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e1:q9:find_node1:t2:aa1:y1:qe",
+            Query(b"aa", ID_A, FindNode(ID_M)),
+        ),
+        (
+            b"d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz123456e1:q9:get_peers1:t2:aa1:y1:qe",
+            Query(b"aa", ID_A, GetPeers(ID_M)),
+        ),
+        (
+            b"d1:rd2:id20:abcdefghij01234567895:token8:aoeusnth6:valuesl6:axje.u6:idhtnmee1:t2:aa1:y1:re",
+            Response(b"aa", ID_A, {b"id": ID_A, b"token": b"aoeusnth", b"values": [b"axje.u", b"idhtnm"]}),
+        ),
+        (
+            b"d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz1234564:porti6881e5:token8:aoeusnthe"
+            b"1:q13:announce_peer1:t2:aa1:y1:qe",
+            Query(b"aa", ID_A, AnnouncePeer(ID_M, 6881, b"aoeusnth")),
+        ),
+        (
+            b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee",
+            ErrorReply(b"aa", 201, "A Generic Error Ocurred"),
+        ),
+    ],
+)
+def test_bep5_examples(data: bytes, message: Message) -> None:
+    assert decode_message(data) == message
+    assert encode_message(message) == data
+
+
+def test_bep5_get_peers_response_helpers() -> None:
+    data = b"d1:rd2:id20:abcdefghij01234567895:token8:aoeusnth6:valuesl6:axje.u6:idhtnmee1:t2:aa1:y1:re"
+    resp = decode_message(data)
+    assert isinstance(resp, Response)
+    assert response_token(resp) == b"aoeusnth"
+    assert response_peers(resp) == [("97.120.106.101", 11893), ("105.100.104.116", 28269)]
+    assert response_nodes(resp) == []
+
+
+def test_bep5_nodes_placeholder_is_rejected_by_helper() -> None:
+    # The BEP's "def456..." stands in for real compact node info; 9 bytes is not a multiple of 26.
+    resp = decode_message(b"d1:rd2:id20:0123456789abcdefghij5:nodes9:def456...e1:t2:aa1:y1:re")
+    assert isinstance(resp, Response)
+    with pytest.raises(KrpcError) as info:
+        response_nodes(resp)
+    assert (info.value.code, info.value.reason, info.value.tid) == (PROTOCOL_ERROR, "bad_nodes", b"aa")
+
+
+# --- envelope and argument validation -------------------------------------------------------------------
+
+
+def _query(method: bytes, **args: Any) -> dict[bytes, Any]:
+    a = {b"id": ID_A, **{k.encode(): v for k, v in args.items()}}
+    return {b"t": b"tx", b"y": b"q", b"q": method, b"a": a}
+
+
+@pytest.mark.parametrize(
+    ("msg", "reason", "tid", "msg_type"),
+    [
+        ([b"t", b"tx"], "not_dict", None, None),
+        (b"tx", "not_dict", None, None),
+        (7, "not_dict", None, None),
+        ({b"y": b"q"}, "missing_field", None, None),
+        ({b"t": 1, b"y": b"q"}, "bad_tid", None, None),
+        ({b"t": b"", b"y": b"q"}, "bad_tid", None, None),
+        ({b"t": b"x" * (MAX_TID_LEN + 1), b"y": b"q"}, "bad_tid", None, None),
+        ({b"t": [b"tx"], b"y": b"q"}, "bad_tid", None, None),
+        ({b"t": b"tx"}, "missing_field", b"tx", None),
+        ({b"t": b"tx", b"y": b"x"}, "bad_message_type", b"tx", None),
+        ({b"t": b"tx", b"y": b"qq"}, "bad_message_type", b"tx", None),
+        ({b"t": b"tx", b"y": 1}, "bad_message_type", b"tx", None),
+        # queries
+        ({b"t": b"tx", b"y": b"q", b"a": {b"id": ID_A}}, "missing_field", b"tx", b"q"),
+        ({b"t": b"tx", b"y": b"q", b"q": 1, b"a": {b"id": ID_A}}, "bad_method", b"tx", b"q"),
+        ({b"t": b"tx", b"y": b"q", b"q": b"ping"}, "missing_field", b"tx", b"q"),
+        ({b"t": b"tx", b"y": b"q", b"q": b"ping", b"a": [ID_A]}, "bad_args", b"tx", b"q"),
+        ({b"t": b"tx", b"y": b"q", b"q": b"ping", b"a": {}}, "missing_field", b"tx", b"q"),
+        ({b"t": b"tx", b"y": b"q", b"q": b"ping", b"a": {b"id": ID_A[:19]}}, "bad_id", b"tx", b"q"),
+        ({b"t": b"tx", b"y": b"q", b"q": b"ping", b"a": {b"id": ID_A + b"x"}}, "bad_id", b"tx", b"q"),
+        ({b"t": b"tx", b"y": b"q", b"q": b"ping", b"a": {b"id": 5}}, "bad_id", b"tx", b"q"),
+        ({b"t": b"tx", b"y": b"q", b"q": b"unknown", b"a": {b"id": b"short"}}, "bad_id", b"tx", b"q"),
+        (_query(b"find_node"), "missing_field", b"tx", b"q"),
+        (_query(b"find_node", target=ID_M[:10]), "bad_target", b"tx", b"q"),
+        (_query(b"find_node", target=1), "bad_target", b"tx", b"q"),
+        (_query(b"get_peers"), "missing_field", b"tx", b"q"),
+        (_query(b"get_peers", info_hash=b"x" * 21), "bad_info_hash", b"tx", b"q"),
+        (_query(b"get_peers", info_hash=ID_M, noseed=b"1"), "bad_field", b"tx", b"q"),
+        (_query(b"get_peers", info_hash=ID_M, scrape=[1]), "bad_field", b"tx", b"q"),
+        (_query(b"announce_peer", port=1, token=b"t"), "missing_field", b"tx", b"q"),
+        (_query(b"announce_peer", info_hash=ID_M, port=1), "missing_field", b"tx", b"q"),
+        (_query(b"announce_peer", info_hash=ID_M, port=1, token=1), "bad_token", b"tx", b"q"),
+        (_query(b"announce_peer", info_hash=ID_M, token=b"t"), "missing_field", b"tx", b"q"),
+        (_query(b"announce_peer", info_hash=ID_M, port=-1, token=b"t"), "bad_port", b"tx", b"q"),
+        (_query(b"announce_peer", info_hash=ID_M, port=65536, token=b"t"), "bad_port", b"tx", b"q"),
+        (_query(b"announce_peer", info_hash=ID_M, port=b"80", token=b"t"), "bad_port", b"tx", b"q"),
+        (
+            _query(b"announce_peer", info_hash=ID_M, port=80, token=b"t", implied_port=b"1"),
+            "bad_field",
+            b"tx",
+            b"q",
+        ),
+        (_query(b"announce_peer", info_hash=ID_M, port=80, token=b"t", seed=b"1"), "bad_field", b"tx", b"q"),
+        # responses
+        ({b"t": b"tx", b"y": b"r"}, "missing_field", b"tx", b"r"),
+        ({b"t": b"tx", b"y": b"r", b"r": b"x"}, "bad_response", b"tx", b"r"),
+        ({b"t": b"tx", b"y": b"r", b"r": {}}, "missing_field", b"tx", b"r"),
+        ({b"t": b"tx", b"y": b"r", b"r": {b"id": b"x"}}, "bad_id", b"tx", b"r"),
+        # errors
+        ({b"t": b"tx", b"y": b"e"}, "missing_field", b"tx", b"e"),
+        ({b"t": b"tx", b"y": b"e", b"e": 201}, "bad_error", b"tx", b"e"),
+        ({b"t": b"tx", b"y": b"e", b"e": []}, "bad_error", b"tx", b"e"),
+        ({b"t": b"tx", b"y": b"e", b"e": [201]}, "bad_error", b"tx", b"e"),
+        ({b"t": b"tx", b"y": b"e", b"e": [b"201", b"x"]}, "bad_error", b"tx", b"e"),
+        ({b"t": b"tx", b"y": b"e", b"e": [201, 5]}, "bad_error", b"tx", b"e"),
+        ({b"t": b"tx", b"y": b"e", b"e": [201, b"x", b"extra"]}, "bad_error", b"tx", b"e"),
+    ],
+)
+def test_rejects(msg: Any, reason: str, tid: bytes | None, msg_type: bytes | None) -> None:
+    with pytest.raises(KrpcError) as info:
+        decode_message(bencode(msg))
+    err = info.value
+    assert (err.code, err.reason, err.tid, err.msg_type) == (PROTOCOL_ERROR, reason, tid, msg_type)
+    assert err.message
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"d1:t2:aa1:y1:q", b"d1:y1:q1:t2:aae", b"l" * 20 + b"e" * 20, b"d1:t2:aa1:y1:qe\x00"]
+)
+def test_bad_bencode_has_no_tid(data: bytes) -> None:
+    with pytest.raises(KrpcError) as info:
+        decode_message(data)
+    assert (info.value.code, info.value.reason, info.value.tid) == (PROTOCOL_ERROR, "bad_bencode", None)
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_limits_are_passed_to_the_decoder() -> None:
+    data = encode_message(Response(b"aa", ID_A, {b"values": [b"abcdef"] * 10}))
+    assert isinstance(decode_message(data), Response)
+    with pytest.raises(KrpcError) as info:
+        decode_message(data, max_items=10)
+    assert info.value.reason == "bad_bencode"
+    with pytest.raises(KrpcError):
+        decode_message(data, max_depth=2)
+    assert isinstance(decode_message(data, max_depth=3), Response)
+
+
+def test_krpc_error_str() -> None:
+    err = KrpcError(PROTOCOL_ERROR, "missing 'a'", b"aa", "missing_field")
+    assert str(err) == "203 missing 'a'"
+    assert err.msg_type is None
+
+
+# --- optional fields ---------------------------------------------------------------------------------
+
+
+def test_get_peers_flags() -> None:
+    q = decode_message(bencode(_query(b"get_peers", info_hash=ID_M, noseed=1, scrape=1)))
+    assert isinstance(q, Query)
+    assert q.body == GetPeers(ID_M, noseed=True, scrape=True)
+    q = decode_message(bencode(_query(b"get_peers", info_hash=ID_M, noseed=0, scrape=0)))
+    assert isinstance(q, Query)
+    assert q.body == GetPeers(ID_M)
+
+
+def test_announce_implied_port() -> None:
+    q = decode_message(bencode(_query(b"announce_peer", info_hash=ID_M, token=b"t", implied_port=1)))
+    assert isinstance(q, Query)
+    assert q.body == AnnouncePeer(ID_M, 0, b"t", implied_port=True)
+    for port in (-5, 70000, b"x", [1]):
+        q = decode_message(
+            bencode(_query(b"announce_peer", info_hash=ID_M, token=b"t", implied_port=1, port=port))
+        )
+        assert isinstance(q, Query)
+        assert q.body == AnnouncePeer(ID_M, 0, b"t", implied_port=True)
+    q = decode_message(
+        bencode(_query(b"announce_peer", info_hash=ID_M, token=b"", port=0, implied_port=0, seed=1))
+    )
+    assert isinstance(q, Query)
+    assert q.body == AnnouncePeer(ID_M, 0, b"", implied_port=False, seed=True)
+
+
+def test_unknown_method_target() -> None:
+    def body(**args: Any) -> Any:
+        q = decode_message(bencode(_query(b"sample_infohashes", **args)))
+        assert isinstance(q, Query)
+        return q.body
+
+    assert body(target=ID_M) == UnknownMethod(b"sample_infohashes", ID_M)
+    assert body(info_hash=ID_M) == UnknownMethod(b"sample_infohashes", ID_M)
+    assert body(target=ID_M, info_hash=b"z" * 20) == UnknownMethod(b"sample_infohashes", ID_M)
+    assert body(target=b"short", info_hash=b"z" * 20) == UnknownMethod(b"sample_infohashes", b"z" * 20)
+    assert body(target=5) == UnknownMethod(b"sample_infohashes", None)
+    assert body() == UnknownMethod(b"sample_infohashes", None)
+    assert body().method == b"sample_infohashes"
+    assert METHOD_UNKNOWN == 204
+
+
+def test_method_names() -> None:
+    assert [Ping.method, FindNode.method, GetPeers.method, AnnouncePeer.method] == [
+        b"ping",
+        b"find_node",
+        b"get_peers",
+        b"announce_peer",
+    ]
+    assert FindNode(ID_M).method == b"find_node"
+
+
+def test_version_read_only_and_extra_keys() -> None:
+    msg = _query(b"ping")
+    msg[b"v"] = b"LT\x01\x02"
+    msg[b"ro"] = 1
+    msg[b"zz"] = [1, {b"nested": b"x"}]
+    msg[b"a"][b"future"] = b"ok"
+    q = decode_message(bencode(msg))
+    assert q == Query(b"tx", ID_A, Ping(), version=b"LT\x01\x02", read_only=True)
+    msg[b"ro"] = 0
+    assert decode_message(bencode(msg)) == Query(b"tx", ID_A, Ping(), version=b"LT\x01\x02")
+    msg[b"ro"] = b"1"
+    msg[b"v"] = 12
+    assert decode_message(bencode(msg)) == Query(b"tx", ID_A, Ping())
+
+
+def test_response_ip_is_decoded_or_ignored() -> None:
+    base: dict[bytes, Any] = {b"t": b"aa", b"y": b"r", b"r": {b"id": ID_A}}
+    resp = decode_message(bencode({**base, b"ip": b"\x7f\x00\x00\x05\x1a\xe1"}))
+    assert isinstance(resp, Response)
+    assert resp.ip == ("127.0.0.5", 6881)
+    for bad in (b"\x7f\x00\x00\x05\x1a", b"\x00" * 18, 5, [b"x"]):
+        resp = decode_message(bencode({**base, b"ip": bad}))
+        assert isinstance(resp, Response)
+        assert resp.ip is None
+
+
+def test_error_message_invalid_utf8_is_replaced() -> None:
+    err = decode_message(bencode({b"t": b"aa", b"y": b"e", b"e": [202, b"bad \xff byte"], b"v": b"UT"}))
+    assert err == ErrorReply(b"aa", 202, "bad \ufffd byte", version=b"UT")
+
+
+def test_encoder_includes_optional_fields_only_when_set() -> None:
+    assert encode_message(Query(b"aa", ID_A, Ping())) == b"d1:ad2:id20:" + ID_A + b"e1:q4:ping1:t2:aa1:y1:qe"
+    ro = encode_message(Query(b"aa", ID_A, Ping(), version=b"KN\x00\x01", read_only=True))
+    assert ro == b"d1:ad2:id20:" + ID_A + b"e1:q4:ping2:roi1e1:t2:aa1:v4:KN\x00\x011:y1:qe"
+    resp = encode_message(Response(b"aa", ID_A, {}, ip=("127.0.0.1", 1)))
+    assert resp == b"d2:ip6:\x7f\x00\x00\x01\x00\x011:rd2:id20:" + ID_A + b"e1:t2:aa1:y1:re"
+    announce = encode_message(Query(b"aa", ID_A, AnnouncePeer(ID_M, 1, b"k")))
+    assert b"implied_port" not in announce
+    assert b"seed" not in announce
+    announce = encode_message(Query(b"aa", ID_A, AnnouncePeer(ID_M, 0, b"k", implied_port=True, seed=True)))
+    assert b"12:implied_porti1e" in announce
+    assert b"4:seedi1e" in announce
+    peers = encode_message(Query(b"aa", ID_A, GetPeers(ID_M)))
+    assert b"noseed" not in peers
+    assert b"scrape" not in peers
+    assert b"target" not in encode_message(Query(b"aa", ID_A, UnknownMethod(b"x", None)))
+
+
+def test_encode_rejects_non_messages() -> None:
+    with pytest.raises(TypeError):
+        encode_message(Ping())  # type: ignore[arg-type]
+
+
+def test_response_id_comes_from_sender_id() -> None:
+    resp = Response(b"aa", ID_A, {b"token": b"k"})
+    assert resp.values == {b"id": ID_A, b"token": b"k"}
+    assert Response(b"aa", ID_A, {b"id": ID_A}) == Response(b"aa", ID_A, {})
+    with pytest.raises(ValueError, match="sender_id"):
+        Response(b"aa", ID_A, {b"id": ID_M})
+
+
+# --- response helpers -------------------------------------------------------------------------------
+
+
+def test_response_helpers() -> None:
+    nodes = [NodeInfo(1, ("127.0.0.2", 6881)), NodeInfo(2**160 - 1, ("127.0.0.3", 1))]
+    resp = Response(
+        b"aa",
+        ID_A,
+        {
+            b"nodes": encode_nodes(nodes),
+            b"token": b"tok",
+            b"values": [b"\x7f\x00\x00\x04\x00\x50", b"short", 7, [b"x"], b"\x7f\x00\x00\x05\x00\x51"],
+        },
+    )
+    assert response_nodes(resp) == nodes
+    assert response_token(resp) == b"tok"
+    assert response_peers(resp) == [("127.0.0.4", 80), ("127.0.0.5", 81)]
+    empty = Response(b"aa", ID_A, {})
+    assert (response_nodes(empty), response_peers(empty), response_token(empty)) == ([], [], None)
+
+
+@pytest.mark.parametrize(
+    ("values", "helper", "reason"),
+    [
+        ({b"nodes": [b"x" * 26]}, response_nodes, "bad_nodes"),
+        ({b"nodes": 5}, response_nodes, "bad_nodes"),
+        ({b"nodes": b"x" * 27}, response_nodes, "bad_nodes"),
+        ({b"values": b"\x7f\x00\x00\x04\x00\x50"}, response_peers, "bad_values"),
+        ({b"values": {b"a": b"b"}}, response_peers, "bad_values"),
+        ({b"token": 5}, response_token, "bad_token"),
+        ({b"token": [b"x"]}, response_token, "bad_token"),
+    ],
+)
+def test_response_helpers_reject(values: dict[bytes, Any], helper: Any, reason: str) -> None:
+    with pytest.raises(KrpcError) as info:
+        helper(Response(b"zz", ID_A, values))
+    assert (info.value.code, info.value.reason, info.value.tid) == (PROTOCOL_ERROR, reason, b"zz")
+
+
+# --- properties -------------------------------------------------------------------------------------
+
+_id20 = st.binary(min_size=20, max_size=20)
+_tid = st.binary(min_size=1, max_size=MAX_TID_LEN)
+_version = st.none() | st.binary(max_size=4)
+_known = {b"ping", b"find_node", b"get_peers", b"announce_peer"}
+_bodies = st.one_of(
+    st.just(Ping()),
+    st.builds(FindNode, _id20),
+    st.builds(GetPeers, _id20, st.booleans(), st.booleans()),
+    st.builds(
+        AnnouncePeer, _id20, st.integers(0, 65535), st.binary(max_size=20), st.booleans(), st.booleans()
+    ),
+    st.builds(UnknownMethod, st.binary(max_size=20).filter(lambda m: m not in _known), st.none() | _id20),
+)
+_ipv4 = st.lists(st.integers(0, 255), min_size=4, max_size=4).map(lambda q: ".".join(map(str, q)))
+_leaf = st.integers(-(2**63), 2**63 - 1) | st.binary(max_size=30)
+_value = st.recursive(
+    _leaf,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.binary(max_size=6), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+_queries = st.builds(Query, _tid, _id20, _bodies, _version, st.booleans())
+_responses = st.builds(
+    Response,
+    _tid,
+    _id20,
+    st.dictionaries(st.sampled_from([b"nodes", b"token", b"values", b"x", b"zz"]), _value, max_size=4),
+    _version,
+    st.none() | st.tuples(_ipv4, st.integers(0, 65535)),
+)
+_errors = st.builds(ErrorReply, _tid, st.integers(-(2**63), 2**63 - 1), st.text(max_size=40), _version)
+_messages = st.one_of(_queries, _responses, _errors)
+
+
+@given(_messages)
+def test_round_trip(msg: Message) -> None:
+    data = encode_message(msg)
+    assert decode_message(data) == msg
+    assert encode_message(decode_message(data)) == data
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes_message_or_krpc_error(data: bytes) -> None:
+    try:
+        msg = decode_message(data)
+    except KrpcError as exc:
+        assert exc.code == PROTOCOL_ERROR
+        assert exc.tid is None or 0 < len(exc.tid) <= MAX_TID_LEN
+    else:
+        assert isinstance(msg, Query | Response | ErrorReply)
+
+
+@settings(max_examples=500)
+@given(_messages, st.data())
+def test_mutated_messages_message_or_krpc_error(msg: Message, data: st.DataObject) -> None:
+    raw = bytearray(encode_message(msg))
+    for _ in range(data.draw(st.integers(1, 3))):
+        op = data.draw(st.sampled_from(["flip", "insert", "delete", "truncate", "replace"]))
+        i = data.draw(st.integers(0, len(raw)))
+        if op == "flip" and i < len(raw):
+            raw[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "insert":
+            raw[i:i] = data.draw(st.binary(min_size=1, max_size=4))
+        elif op == "delete" and i < len(raw):
+            del raw[i : i + data.draw(st.integers(1, 4))]
+        elif op == "truncate":
+            del raw[i:]
+        elif op == "replace" and i < len(raw):
+            raw[i] = data.draw(st.sampled_from(list(b"ilde0123456789:-")))
+    try:
+        decoded = decode_message(bytes(raw))
+    except KrpcError as exc:
+        assert exc.code == PROTOCOL_ERROR
+        return
+    assert isinstance(decoded, Query | Response | ErrorReply)
+    encode_message(decoded)  # whatever we accept we can also send back out
