@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Node", "NodeInfo", "Settings", "__version__"]
+__all__ = ["Node", "NodeInfo", "Settings", "SigningKey", "__version__"]
 
+from kadnode.core.bep44 import SigningKey
 from kadnode.settings import Settings
 from kadnode.types import NodeInfo
 

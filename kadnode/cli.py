@@ -6,8 +6,10 @@ Heavy modules (asyncio runtime) are imported inside commands so that `--help` st
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
+import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -16,10 +18,21 @@ from typing import Any, TypeVar
 import click
 
 from kadnode import __version__
-from kadnode.client import ClientError, ControlClient
+from kadnode.client import MAX_NAME_BYTES, ClientError, ControlClient, parse_item_address
+from kadnode.wire.bencode import Bencoded, BencodeError, bdecode
 
 ENVVAR_DATA_DIR = "KADNODE_DATA_DIR"
 CONTROL_SOCKET_NAME = "control.sock"
+MAX_VALUE_SIZE = 1000
+"""BEP 44: a bencoded value holds at most 1000 bytes. Checked here so that a too-large value gets a
+clear answer without a daemon; the daemon checks again against its own setting."""
+MAX_READ = 64 * 1024
+"""Bytes of VALUE read from a file or stdin at most; anything longer is far past MAX_VALUE_SIZE."""
+ERROR_NAMES = {
+    201: "generic error", 202: "server error (e.g. its store is full)", 203: "protocol error (e.g. token)",
+    205: "value too big", 206: "invalid signature", 207: "salt too big",
+    301: "cas mismatch: the item changed", 302: "sequence number less than current",
+}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -95,6 +108,29 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+def duration(seconds: float) -> str:
+    """900 -> '15 min', 7200 -> '2 h', 45 -> '45 s'."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def bencoded_to_json(value: Bencoded) -> Any:
+    """A decoded bencoded value as JSON: byte strings as text when they are UTF-8, else {"hex": ...}."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return {"hex": value.hex()}
+    if isinstance(value, list):
+        return [bencoded_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k.decode(errors="backslashreplace"): bencoded_to_json(v) for k, v in value.items()}
+    return value
 
 
 def _flatten(prefix: str, value: Any, out: list[tuple[str, str]]) -> None:
@@ -369,8 +405,10 @@ def _print_lookup_summary(what: str, lookup_result: dict[str, Any]) -> None:
 def announce(info_hash: str, port: int | None, data_dir: Path, socket_path: Path | None, as_json: bool) -> None:
     """Announce that this host has the torrent INFOHASH (get_peers lookup, then announce_peer).
 
-    The nodes closest to INFOHASH store this host as a peer for about 30 minutes; announce again
-    every 15 minutes to stay listed. Exits with status 1 when no node accepted the announce.
+    The nodes closest to INFOHASH store this host as a peer for about 30 minutes. The daemon keeps the
+    announce alive: it announces again every 15 minutes, also after a restart, until
+    `kadnode unannounce INFOHASH`. Exits with status 1 when no node accepted the announce (the daemon
+    still retries at the next interval).
 
     \b
     Example:
@@ -386,6 +424,9 @@ def announce(info_hash: str, port: int | None, data_dir: Path, socket_path: Path
             f"announced {result['info_hash']} ({how}) to {result['stored_at']} of "
             f"{plural(result['attempted'], 'node')}; {plural(len(result['peers']), 'other peer')} already listed"
         )
+        interval = result.get("reannounce_interval")
+        if interval:
+            click.echo(f"the daemon re-announces it every {duration(interval)} until `kadnode unannounce {ih}`")
     if result["stored_at"] == 0:
         raise click.ClickException(
             f"no node stored the announce ({result['attempted']} tried); is the daemon bootstrapped? "
@@ -424,6 +465,253 @@ def peers(info_hash: str, data_dir: Path, socket_path: Path | None, as_json: boo
         f"{ms(lookup_result['duration'])})",
         err=True,
     )
+
+
+@main.command()
+@click.argument("info_hash", metavar="INFOHASH")
+@client_options
+def unannounce(info_hash: str, data_dir: Path, socket_path: Path | None, as_json: bool) -> None:
+    """Stop announcing the torrent INFOHASH (undoes `kadnode announce`).
+
+    The daemon no longer renews the announce; the nodes that list this host as a peer drop it when
+    the entry expires (about 30 minutes). Exits with status 1 if INFOHASH was not being announced.
+
+    \b
+    Example:
+      kadnode unannounce 5fbfbff10c5d6a4ec8a88e4c6ab4c28b95eeb19e --data-dir /tmp/kn-a
+    """
+    ih = parse_hex_id(info_hash, "INFOHASH", "a 20-byte SHA-1")
+    result = call_daemon(data_dir, socket_path, "unannounce", info_hash=ih)
+    if as_json:
+        emit_json(result)
+    elif result["was_announced"]:
+        click.echo(f"stopped announcing {ih}; nodes forget this host when their entry expires")
+    if not result["was_announced"]:
+        raise click.ClickException(f"{ih} is not being announced by this daemon")
+
+
+def _read_value(args: list[str], file: Path | None) -> bytes:
+    """VALUE from the command line (as UTF-8), from --file, or from stdin (VALUE or --file `-`)."""
+    if file is not None and args:
+        raise click.UsageError("give VALUE or --file, not both")
+    if file is None and not args:
+        raise click.UsageError("missing VALUE: give it as an argument, with --file PATH, or `-` to read stdin")
+    source = str(file) if file is not None else None
+    if source is None and args[0] != "-":
+        try:
+            return args[0].encode()
+        except UnicodeEncodeError:
+            raise click.UsageError("VALUE is not valid UTF-8; pass bytes with --file") from None
+    try:
+        if source is None or source == "-":
+            data = click.get_binary_stream("stdin").read(MAX_READ + 1)
+        else:
+            with open(source, "rb") as handle:
+                data = handle.read(MAX_READ + 1)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {source}: {exc.strerror or exc}") from None
+    if len(data) > MAX_READ:
+        raise click.ClickException(
+            f"value is more than {MAX_READ} bytes; BEP 44 items hold at most {MAX_VALUE_SIZE} bytes bencoded"
+        )
+    return data
+
+
+def _bencoded_size(raw: bytes, bencoded: bool) -> int:
+    return len(raw) if bencoded else len(str(len(raw))) + 1 + len(raw)
+
+
+def _refusals(result: dict[str, Any]) -> str:
+    """'2 refused it (302 sequence number less than current), 1 did not answer' (empty if none)."""
+    errors: dict[str, int] = result.get("errors", {})
+    refused = sum(errors.values())
+    silent = result["attempted"] - result["stored_at"] - refused
+    parts = []
+    if refused:
+        reasons = ", ".join(f"{n}x {code} {ERROR_NAMES.get(int(code), 'error')}" for code, n in errors.items())
+        parts.append(f"{refused} refused it ({reasons})")
+    if silent:
+        parts.append(f"{silent} did not answer")
+    return ", ".join(parts)
+
+
+@main.command()
+@click.argument("args", nargs=-1, metavar="NAME VALUE | --immutable VALUE")
+@click.option("--immutable", is_flag=True, help="Store an immutable item: no NAME, its target is the value's SHA-1.")
+@click.option(
+    "--file",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Read VALUE from this file ('-': stdin), as bytes.",
+)
+@click.option("--bencoded", is_flag=True, help="VALUE is already bencoded (a list, dict, ...) and is stored as is.")
+@click.option(
+    "--cas",
+    type=click.IntRange(0),
+    help="Compare-and-swap: store only where the item still has this seq (nodes answer 301 otherwise).",
+)
+@client_options
+def put(
+    args: tuple[str, ...],
+    immutable: bool,
+    file: Path | None,
+    bencoded: bool,
+    cas: int | None,
+    data_dir: Path,
+    socket_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Store a value in the DHT (BEP 44) and keep it there: the daemon republishes it every hour.
+
+    `kadnode put NAME VALUE` stores a mutable item signed with the daemon's key and salted with
+    NAME; it prints the item's target and its address PUBKEY/NAME, which anyone can pass to
+    `kadnode get`. Putting NAME again replaces the value (with the next seq). `kadnode put
+    --immutable VALUE` stores VALUE under the SHA-1 of its bencoded form (the printed target), forever the same.
+
+    VALUE is stored as a byte string; `-` (or --file -) reads it from stdin, --file from a file.
+    At most 1000 bytes bencoded. Without other nodes the item is stored locally and put to the
+    network once the daemon has joined one.
+
+    \b
+    Examples:
+      kadnode put greeting 'hello, world' --data-dir /tmp/kn-a
+      kadnode put --immutable --file notes.txt --data-dir /tmp/kn-a
+      echo 'v2' | kadnode put greeting - --data-dir /tmp/kn-a
+    """
+    rest = list(args)
+    name: str | None = None
+    if immutable:
+        if cas is not None:
+            raise click.UsageError("--cas applies to mutable items only")
+    else:
+        if not rest:
+            raise click.UsageError("missing NAME: `kadnode put NAME VALUE`, or `kadnode put --immutable VALUE`")
+        name = rest.pop(0)
+        try:
+            size = len(name.encode())
+        except UnicodeEncodeError:
+            raise click.UsageError("NAME is not valid UTF-8") from None
+        if not name or size > MAX_NAME_BYTES:
+            raise click.UsageError(f"NAME must be 1 to {MAX_NAME_BYTES} bytes of UTF-8, got {size} bytes")
+    if len(rest) > 1:
+        raise click.UsageError(
+            f"too many arguments: {' '.join(rest[1:])!r:.60} (quote a VALUE that contains spaces)"
+        )
+    raw = _read_value(rest, file)
+    size = _bencoded_size(raw, bencoded)
+    if size > MAX_VALUE_SIZE:
+        raise click.ClickException(
+            f"value is {size} bytes when bencoded ({len(raw)} bytes of data); "
+            f"BEP 44 items hold at most {MAX_VALUE_SIZE} bytes"
+        )
+    request: dict[str, Any] = {"value_b64": base64.b64encode(raw).decode(), "immutable": immutable}
+    if name is not None:
+        request["name"] = name
+    if bencoded:
+        request["bencoded"] = True
+    if cas is not None:
+        request["cas"] = cas
+    result = call_daemon(data_dir, socket_path, "put", **request)
+    if as_json:
+        emit_json(result)
+    else:
+        what = f"{name} (seq {result['seq']}" if name is not None else "immutable item ("
+        what += f"{', ' if name is not None else ''}{result['size']} bytes bencoded)"
+        if result["attempted"] == 0:
+            click.echo(f"stored {what} locally; no other node reached (the daemon puts it once it joins a network)")
+        elif result["stored_at"] > 0:
+            refusals = _refusals(result)
+            click.echo(
+                f"stored {what} on {result['stored_at']} of {plural(result['attempted'], 'node')}"
+                + (f"; {refusals}" if refusals else "")
+            )
+        click.echo(f"target   {result['target']}")
+        if name is not None:
+            click.echo(f"address  {result['address']}")
+    if result["attempted"] > 0 and result["stored_at"] == 0:
+        raise click.ClickException(
+            f"no node stored the item: {_refusals(result)}; it is kept locally and put again at the next republish"
+        )
+
+
+@main.command()
+@click.argument("target", metavar="TARGET|PUBKEY/NAME")
+@click.option("--local", is_flag=True, help="Only look in this daemon's own store; no lookup.")
+@client_options
+def get(target: str, local: bool, data_dir: Path, socket_path: Path | None, as_json: bool) -> None:
+    """Fetch a BEP 44 item by its TARGET (40 hex) or its address PUBKEY/NAME, and print its value.
+
+    A byte-string value is printed as its exact bytes (`kadnode get X > file` restores what
+    `kadnode put --file` stored); other values (lists, dicts, integers) as JSON. For a mutable item
+    the lookup returns the highest seq whose signature is valid. With --json: value, seq, public key,
+    signature check, holders and the nodes that answered. Exits with status 1 if nothing is found.
+
+    \b
+    Examples:
+      kadnode get a7f7f76437cc648ab09724928b192eec693bc5a8 --data-dir /tmp/kn-b
+      kadnode get 59b75317e0882556038e0a3ee2a5dd1f1f2dd72cfab142a78b720455dbbe920d/greeting --json
+    """
+    try:
+        parse_item_address(target)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    result = call_daemon(data_dir, socket_path, "get", target=target, local=local)
+    if result["item"] is None:
+        same = target.lower() == result["target"]
+        also = "" if same else f"target {result['target']}; "
+        if local:
+            named = target if same else f"{target} (target {result['target']})"
+            raise click.ClickException(f"this daemon holds no item under {named}")
+        hint = ""
+        if result["queried"] == 0:
+            hint = "; the daemon knows no other node yet (see `kadnode status`)"
+        elif result["invalid"]:
+            hint = (
+                f"; {plural(result['invalid'], 'answer')} failed verification (a salted mutable item "
+                "looked up by its raw target cannot be checked: use its address PUBKEY/NAME)"
+            )
+        raise click.ClickException(
+            f"no item found under {target} ({also}asked {plural(result['queried'], 'node')}){hint}"
+        )
+    item = result["item"]
+    raw = base64.b64decode(item["value_b64"])
+    try:
+        value: Bencoded | None = bdecode(raw, max_depth=64, max_items=4 * len(raw) + 4)
+    except BencodeError:
+        value = None  # never stored by a node (values arrive decoded), but print what we have
+    mutable = item["kind"] == "mutable"
+    if as_json:
+        emit_json({
+            "value": bencoded_to_json(value) if value is not None else {"hex": raw.hex()},
+            "kind": item["kind"],
+            "seq": item.get("seq"),
+            "public_key": item.get("public_key"),
+            "address": item.get("address"),
+            "signature_valid": True if mutable else None,
+            "target": result["target"],
+            "holders": result["holders"],
+            "nodes_answered": result["nodes_answered"],
+            "local": result["local"],
+        })
+        return
+    if isinstance(value, bytes) or value is None:
+        data = value if value is not None else raw
+        out = click.get_binary_stream("stdout")
+        out.write(data)
+        if sys.stdout.isatty() and not data.endswith(b"\n"):
+            out.write(b"\n")
+        out.flush()
+    else:
+        click.echo(json.dumps(bencoded_to_json(value)))
+    if result["local"]:
+        where = "held by this daemon"
+    elif result["holders"] == 0:
+        where = f"from this daemon's store; none of the {plural(result['nodes_answered'], 'node')} that answered had it"
+    else:
+        where = f"held by {result['holders']} of {plural(result['nodes_answered'], 'node')} that answered"
+    if result["invalid"]:
+        where += f"; {plural(result['invalid'], 'answer')} failed verification"
+    check = f"seq {item['seq']}, signature valid" if mutable else "immutable, hash valid"
+    click.echo(f"({check}; {where})", err=True)
 
 
 @main.command()

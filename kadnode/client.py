@@ -8,15 +8,21 @@ from __future__ import annotations
 import errno
 import json
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 DEFAULT_TIMEOUT = 10.0
 """Quick commands (status, routes) answer in milliseconds; this only guards against a hung daemon."""
-COMMAND_TIMEOUTS = {"ping": 30.0, "lookup": 90.0, "peers": 90.0, "announce": 150.0}
-"""Lookups may run up to lookup_timeout (60 s); an announce is a get_peers lookup plus a round of stores."""
+COMMAND_TIMEOUTS = {"ping": 30.0, "lookup": 90.0, "peers": 90.0, "announce": 150.0, "get": 90.0, "put": 220.0}
+"""Lookups may run up to lookup_timeout (60 s); an announce is a get_peers lookup plus a round of stores;
+a mutable put looks the item up twice (for its seq, then for write tokens) before its stores."""
 MAX_REPLY = 16 * 1024 * 1024
 """A reply larger than this means something is wrong; stop reading rather than exhaust memory."""
+TARGET_HEX = 40
+PUBLIC_KEY_HEX = 64
+MAX_NAME_BYTES = 64
+"""BEP 44's salt limit: a name is the salt of the item it names."""
 
 
 class ClientError(Exception):
@@ -110,3 +116,56 @@ class ControlClient:
             size += len(chunk)
             if size > MAX_REPLY:
                 raise ControlError(f"the daemon's reply exceeds {MAX_REPLY} bytes")
+
+
+# --- item addresses ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ItemAddress:
+    """How a user names a BEP 44 item: its 20-byte `target`, or the `public_key` that signs it and a
+    name (the `salt`), written ``PUBKEYHEX/NAME``; the target is then SHA-1(public_key + salt)."""
+
+    target: bytes | None
+    public_key: bytes | None
+    salt: bytes = b""
+
+
+def parse_item_address(text: str) -> ItemAddress:
+    """`TARGET` (40 hex), `PUBKEYHEX/NAME`, or `PUBKEYHEX` (an unsalted mutable item).
+
+    Pure syntax, so that the CLI can refuse a typo before it contacts the daemon; ValueError otherwise.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"an item address must be a string, got {type(text).__name__}")
+    key_text, slash, name = text.partition("/")
+    key_text = key_text.strip().lower()
+    if not slash and len(key_text) == TARGET_HEX:
+        return ItemAddress(target=_hex(key_text, text), public_key=None)
+    if len(key_text) != PUBLIC_KEY_HEX:
+        raise ValueError(
+            f"{text!r:.90} is neither a target (40 hex characters) nor an address PUBKEY/NAME "
+            "(64 hex characters of an ed25519 public key, a slash, and the item's name)"
+        )
+    salt = name.encode()
+    if len(salt) > MAX_NAME_BYTES:
+        raise ValueError(f"the name in {text!r:.90} is {len(salt)} bytes; BEP 44 allows at most {MAX_NAME_BYTES}")
+    return ItemAddress(target=None, public_key=_hex(key_text, text), salt=salt)
+
+
+def _hex(value: str, text: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise ValueError(f"{text!r:.90} is not hexadecimal where a key or target is expected") from None
+
+
+def format_item_address(public_key: bytes, salt: bytes) -> str | None:
+    """``PUBKEYHEX/NAME`` for a mutable item (just ``PUBKEYHEX`` without salt); None when the salt is not
+    UTF-8 text and so cannot be typed as a name."""
+    if not salt:
+        return public_key.hex()
+    try:
+        return f"{public_key.hex()}/{salt.decode()}"
+    except UnicodeDecodeError:
+        return None

@@ -71,6 +71,25 @@ class Settings:
     announce_interval: float = 15 * 60
     """How often the originator re-announces (libtorrent, jech)."""
 
+    # --- BEP 44 items (get / put) --------------------------------------------------------------
+    item_ttl: float = 2 * 60 * 60
+    """Items expire unless re-put within this time (BEP 44: "MAY expire in 2 hours")."""
+    republish_interval: float = 60 * 60
+    """The originator re-puts its items this often (BEP 44: "re-announced once an hour")."""
+    replicate_interval: float = 60 * 60
+    """A node holding an item re-puts it to the current k closest nodes this often (Kademlia's
+    hourly republish), unless it received a put for it within the interval."""
+    max_value_size: int = 1000
+    """Bencoded `v` larger than this is refused with error 205 (BEP 44)."""
+    max_salt_size: int = 64
+    """Salt larger than this is refused with error 207 (BEP 44)."""
+    max_items: int = 700
+    """Items stored for others (libtorrent's dht_max_dht_items)."""
+    max_item_bytes: int = 4 * 1024 * 1024
+    """Total bytes of stored values."""
+    max_items_per_ip: int = 50
+    """New items one source IP may have stored at once, so one client cannot fill the store."""
+
     # --- bootstrap ----------------------------------------------------------------------------
     bootstrap_retry_initial: float = 1.0
     bootstrap_retry_max: float = 60.0

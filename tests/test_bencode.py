@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kadnode.wire.bencode import MAX_INT_DIGITS, BencodeError, bdecode, bencode
+from kadnode.wire.bencode import MAX_INT_DIGITS, BencodeError, Raw, bdecode, bencode
 
 # --- valid input -----------------------------------------------------------------------------------
 
@@ -225,6 +225,21 @@ def test_encoder_rejects_key_given_as_bytes_and_str() -> None:
         bencode({b"a": 1, "a": 2})
 
 
+def test_raw_is_written_verbatim() -> None:
+    assert bencode(Raw(b"i1e")) == b"i1e"
+    assert bencode({b"v": Raw(b"d1:ai1ee"), b"a": Raw(b"le")}) == b"d1:ale1:vd1:ai1eee"
+    assert bencode([Raw(b"4:spam"), b"4:spam"]) == b"l4:spam6:4:spame"  # bytes are strings, Raw is not
+    assert bencode(Raw(b"")) == b""  # unchecked by design: the caller vouches for the bytes
+    assert not isinstance(Raw(b"i1e"), bytes)  # a Raw never passes for a plain string
+
+
+def test_raw_keeps_a_value_exact_through_a_round_trip() -> None:
+    value = b"d1:ai-7e1:bl0:i0eee"
+    message = bdecode(bencode({b"r": {b"v": Raw(value)}}))
+    assert isinstance(message, dict) and isinstance(message[b"r"], dict)
+    assert bencode(message[b"r"][b"v"]) == value
+
+
 # --- properties -------------------------------------------------------------------------------------
 
 _ints = st.integers(min_value=-(10**MAX_INT_DIGITS) + 1, max_value=10**MAX_INT_DIGITS - 1)
@@ -251,6 +266,12 @@ def test_round_trip(value: Any) -> None:
     decoded = bdecode(data, max_depth=max(_depth(value), 1), max_items=10_000)
     assert decoded == value
     assert bencode(decoded) == data
+
+
+@given(_values, _values)
+def test_raw_encodes_like_the_value_it_holds(outer: Any, inner: Any) -> None:
+    assert bencode([outer, Raw(bencode(inner))]) == bencode([outer, inner])
+    assert bencode({b"k": Raw(bencode(inner)), b"o": outer}) == bencode({b"k": inner, b"o": outer})
 
 
 @given(st.binary(max_size=200))

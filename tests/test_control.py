@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -19,7 +21,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kadnode.client import ControlClient, ControlError, ControlTimeout, DaemonNotRunning
-from kadnode.core.results import AnnounceResult, GetPeersResult, LookupResult, PingResult
+from kadnode.core.results import (
+    AnnounceResult,
+    GetPeersResult,
+    GetResult,
+    LookupResult,
+    PingResult,
+    PutResult,
+)
 from kadnode.runtime.control import (
     MAX_UNIX_PATH,
     ControlServer,
@@ -27,12 +36,17 @@ from kadnode.runtime.control import (
     handle_request,
     to_json,
 )
+from kadnode.settings import Settings
+from kadnode.storage.base import ImmutableItem, Item, MutableItem
 from kadnode.types import Addr, NodeInfo
+from kadnode.wire.bencode import Bencodable, bencode
 
 OWN_ID = 0x8000000000000000000000000000000000000000
 PEER_A = NodeInfo(0x8000000000000000000000000000000000000001, ("127.0.0.2", 6881))
 PEER_B = NodeInfo(0x0000000000000000000000000000000000000ABC, ("127.0.0.3", 6882))
 INFO_HASH = bytes(range(20))
+PUBLIC_KEY = bytes(range(32))
+ITEM = MutableItem(b"\x07" * 20, PUBLIC_KEY, b"greeting", 3, b"\x05" * 64, b"5:hello")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +62,13 @@ class FakeNode:
 
     def __init__(self) -> None:
         self.node_id = OWN_ID
+        self.settings = Settings()
         self.calls: list[tuple[str, Any]] = []
         self.peers: list[Addr] = [("127.0.0.9", 51413)]
         self.fail_with: Exception | None = None
         self.gate: asyncio.Event | None = None
+        self.announced = {INFO_HASH}
+        self.items: dict[bytes, Item] = {ITEM.target: ITEM}
 
     def status(self) -> dict[str, Any]:
         return {"node_id": f"{OWN_ID:040x}", "routing_table": {"nodes": 2}, "counters": {"dropped": {"x": 1}}}
@@ -87,9 +104,40 @@ class FakeNode:
         lookup = self._lookup(int.from_bytes(info_hash, "big"))
         return GetPeersResult(info_hash, list(self.peers), lookup, tokens={PEER_A.addr: b"\x01\x02"})
 
-    async def announce(self, info_hash: bytes, port: int | None = None) -> AnnounceResult:
-        await self._enter("announce", (info_hash, port))
+    async def announce(self, info_hash: bytes, port: int | None = None, *, keep: bool = True) -> AnnounceResult:
+        await self._enter("announce", (info_hash, port) if keep else (info_hash, port, keep))
         return AnnounceResult(info_hash, port, stored_at=2, attempted=2, peers=list(self.peers))
+
+    def unannounce(self, info_hash: bytes) -> bool:
+        self.calls.append(("unannounce", info_hash))
+        was = info_hash in self.announced
+        self.announced.discard(info_hash)
+        return was
+
+    async def put(
+        self, value: Bencodable, *, salt: bytes | str = b"", immutable: bool = False, cas: int | None = None
+    ) -> PutResult:
+        await self._enter("put", (value, salt, immutable, cas))
+        encoded = bencode(value)
+        if len(encoded) > self.settings.max_value_size:
+            raise ValueError(f"value is {len(encoded)} bytes when bencoded; BEP 44 items hold at most 1000 bytes")
+        item: Item
+        if immutable:
+            item = ImmutableItem(hashlib.sha1(encoded).digest(), encoded)
+        else:
+            raw_salt = salt.encode() if isinstance(salt, str) else salt
+            item = MutableItem(b"\x08" * 20, PUBLIC_KEY, raw_salt, 4, b"\x06" * 64, encoded)
+        return PutResult(item.target, item, stored_at=2, attempted=3, errors={302: 1})
+
+    async def get(self, target: bytes | str, *, salt: bytes | str = b"") -> GetResult:
+        await self._enter("get", (target, salt))
+        key = bytes.fromhex(target) if isinstance(target, str) and len(target) == 40 else ITEM.target
+        return GetResult(key, self.items.get(key), self._lookup(int.from_bytes(key, "big")), holders=2, invalid=1)
+
+    def local_item(self, target: bytes | str, *, salt: bytes | str = b"") -> Item | None:
+        self.calls.append(("local_item", (target, salt)))
+        key = bytes.fromhex(target) if isinstance(target, str) and len(target) == 40 else ITEM.target
+        return self.items.get(key)
 
 
 @pytest.fixture
@@ -211,9 +259,111 @@ async def test_announce_with_and_without_port(served: tuple[FakeNode, ControlSer
         "stored_at": 2,
         "attempted": 2,
         "peers": ["127.0.0.9:51413"],
+        "reannounce_interval": 900.0,
     }
     assert implied["result"]["port"] is None
     assert node.calls == [("announce", (INFO_HASH, 51413)), ("announce", (INFO_HASH, None))]
+
+
+async def test_announce_once_and_unannounce(served: tuple[FakeNode, ControlServer]) -> None:
+    node, server = served
+    once = await ask1(server.path, "announce", info_hash=INFO_HASH.hex(), port=1, keep=False)
+    assert once["result"]["reannounce_interval"] is None
+    stopped, again = await ask(
+        server.path,
+        {"cmd": "unannounce", "args": {"info_hash": INFO_HASH.hex()}},
+        {"cmd": "unannounce", "args": {"info_hash": INFO_HASH.hex()}},
+    )
+    assert stopped["result"] == {"info_hash": INFO_HASH.hex(), "was_announced": True}
+    assert again["result"] == {"info_hash": INFO_HASH.hex(), "was_announced": False}
+    assert node.calls[0] == ("announce", (INFO_HASH, 1, False))
+
+
+async def test_put_mutable_text_value(served: tuple[FakeNode, ControlServer]) -> None:
+    node, server = served
+    reply = await ask1(server.path, "put", value="hello", name="greeting")
+    assert node.calls == [("put", (b"hello", "greeting", False, None))]
+    assert reply == {
+        "ok": True,
+        "result": {
+            "kind": "mutable",
+            "target": "08" * 20,
+            "value_b64": base64.b64encode(b"5:hello").decode(),
+            "size": 7,
+            "seq": 4,
+            "public_key": PUBLIC_KEY.hex(),
+            "salt_b64": base64.b64encode(b"greeting").decode(),
+            "signature": "06" * 64,
+            "address": f"{PUBLIC_KEY.hex()}/greeting",
+            "stored_at": 2,
+            "attempted": 3,
+            "errors": {"302": 1},
+        },
+    }
+
+
+async def test_put_immutable_bytes_bencoded_and_cas(served: tuple[FakeNode, ControlServer]) -> None:
+    node, server = served
+    raw = base64.b64encode(b"\x00\xff").decode()
+    immutable = await ask1(server.path, "put", value_b64=raw, immutable=True)
+    assert immutable["result"]["kind"] == "immutable"
+    assert immutable["result"]["target"] == hashlib.sha1(b"2:\x00\xff").hexdigest()
+    assert "seq" not in immutable["result"] and "address" not in immutable["result"]
+    structured = base64.b64encode(b"d1:ai1ee").decode()
+    await ask1(server.path, "put", value_b64=structured, bencoded=True, name="n", cas=7)
+    assert node.calls == [("put", (b"\x00\xff", b"", True, None)), ("put", ({b"a": 1}, "n", False, 7))]
+
+
+async def test_put_reports_the_nodes_refusal_of_a_too_large_value(served: tuple[FakeNode, ControlServer]) -> None:
+    _, server = served
+    reply = await ask1(server.path, "put", value="x" * 1000, immutable=True)
+    assert reply == {
+        "ok": False,
+        "error": "put: value is 1005 bytes when bencoded; BEP 44 items hold at most 1000 bytes",
+    }
+
+
+async def test_get_by_target_address_and_locally(served: tuple[FakeNode, ControlServer]) -> None:
+    node, server = served
+    found = (await ask1(server.path, "get", target=ITEM.target.hex()))["result"]
+    assert found == {
+        "target": ITEM.target.hex(),
+        "found": True,
+        "local": False,
+        "item": {
+            "kind": "mutable",
+            "target": ITEM.target.hex(),
+            "value_b64": base64.b64encode(b"5:hello").decode(),
+            "size": 7,
+            "seq": 3,
+            "public_key": PUBLIC_KEY.hex(),
+            "salt_b64": base64.b64encode(b"greeting").decode(),
+            "signature": "05" * 64,
+            "address": f"{PUBLIC_KEY.hex()}/greeting",
+        },
+        "holders": 2,
+        "invalid": 1,
+        "queried": 3,
+        "nodes_answered": 2,
+        "duration": 0.0042,
+    }
+    missing = (await ask1(server.path, "get", target="ab" * 20))["result"]
+    assert (missing["found"], missing["item"], missing["target"]) == (False, None, "ab" * 20)
+    address = f"{PUBLIC_KEY.hex()}/greeting"
+    by_address = (await ask1(server.path, "get", target=address))["result"]
+    assert by_address["item"]["seq"] == 3
+    local = (await ask1(server.path, "get", target=address, local=True))["result"]
+    assert local["local"] is True and local["item"] == found["item"] and local["queried"] == 0
+    assert local["target"] == hashlib.sha1(PUBLIC_KEY + b"greeting").hexdigest()
+    local_missing = (await ask1(server.path, "get", target="cd" * 20, local=True))["result"]
+    assert (local_missing["found"], local_missing["target"]) == (False, "cd" * 20)
+    assert node.calls == [
+        ("get", (ITEM.target.hex(), "")),
+        ("get", ("ab" * 20, "")),
+        ("get", (address, "")),
+        ("local_item", (address, "")),
+        ("local_item", ("cd" * 20, "")),
+    ]
 
 
 async def test_peers_converts_peers_tokens_and_lookup(served: tuple[FakeNode, ControlServer]) -> None:
@@ -268,6 +418,27 @@ async def test_one_connection_serves_several_requests_even_pipelined(
         (b'{"cmd": "peers", "args": {}}\n', "missing argument(s): info_hash"),
         (b'{"cmd": "peers", "args": {"info_hash": "' + b"ab" * 21 + b'"}}\n', "info_hash must be 40 hex"),
         (b'{"cmd": "announce", "args": {"info_hash": "' + b"ab" * 20 + b'", "port": -1}}\n', "port must be"),
+        (b'{"cmd": "announce", "args": {"info_hash": "' + b"ab" * 20 + b'", "keep": 1}}\n', "keep must be true"),
+        (b'{"cmd": "unannounce", "args": {"info_hash": "ab"}}\n', "info_hash must be 40 hex"),
+        (b'{"cmd": "put", "args": {}}\n', "exactly one of value (UTF-8 text) and value_b64"),
+        (b'{"cmd": "put", "args": {"value": "a", "value_b64": "YQ=="}}\n', "exactly one of value"),
+        (b'{"cmd": "put", "args": {"value": 5}}\n', "value must be a string"),
+        (b'{"cmd": "put", "args": {"value_b64": "***"}}\n', "value_b64 is not valid base64"),
+        (b'{"cmd": "put", "args": {"value_b64": 5}}\n', "value_b64 must be a base64 string"),
+        (b'{"cmd": "put", "args": {"value": "a", "immutable": "yes"}}\n', "immutable must be true or false"),
+        (b'{"cmd": "put", "args": {"value": "a", "immutable": true, "name": "n"}}\n', "immutable item has no name"),
+        (b'{"cmd": "put", "args": {"value": "a", "name": 5}}\n', "name must be a string"),
+        (b'{"cmd": "put", "args": {"value": "a", "cas": "1"}}\n', "cas must be an integer"),
+        (b'{"cmd": "put", "args": {"value": "a", "cas": true}}\n', "cas must be an integer"),
+        (b'{"cmd": "put", "args": {"value": "i01e", "bencoded": true}}\n', "not valid bencode"),
+        (b'{"cmd": "put", "args": {"value": "a", "key": "k"}}\n', "unknown argument(s) key"),
+        (b'{"cmd": "get", "args": {}}\n', "missing argument(s): target"),
+        (b'{"cmd": "get", "args": {"target": "xyz"}}\n', "neither a target (40 hex characters) nor an address"),
+        (b'{"cmd": "get", "args": {"target": 5}}\n', "target must be a string"),
+        (b'{"cmd": "get", "args": {"target": "' + b"zz" * 20 + b'"}}\n', "not hexadecimal"),
+        (b'{"cmd": "get", "args": {"target": "' + b"ab" * 32 + b"/" + b"n" * 65 + b'"}}\n', "is 65 bytes"),
+        (b'{"cmd": "get", "args": {"target": "' + b"ab" * 20 + b'", "salt": 1}}\n', "salt must be a string"),
+        (b'{"cmd": "get", "args": {"target": "' + b"ab" * 20 + b'", "local": 1}}\n', "local must be true"),
     ],
 )
 async def test_bad_requests_get_an_error_and_the_connection_stays_usable(
@@ -343,9 +514,14 @@ async def test_idle_connections_are_closed(short_dir: Path) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    cmd=st.sampled_from(["status", "routes", "ping", "lookup", "announce", "peers", "x"]),
+    cmd=st.sampled_from(
+        ["status", "routes", "ping", "lookup", "announce", "unannounce", "peers", "put", "get", "x"]
+    ),
     args=st.dictionaries(
-        st.sampled_from(["host", "port", "target", "info_hash", "other"]),
+        st.sampled_from(
+            ["host", "port", "target", "info_hash", "other", "value", "value_b64", "name", "immutable",
+             "bencoded", "cas", "salt", "local", "keep"]
+        ),
         st.recursive(
             st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
             lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),

@@ -229,6 +229,43 @@ def test_run_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.mark.usefixtures("restore_logging")
+def test_run_refuses_an_identity_key_others_can_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kadnode.runtime.identity import IDENTITY_FILE, load_or_create_identity
+
+    load_or_create_identity(tmp_path)
+    key_file = tmp_path / IDENTITY_FILE
+    key_file.chmod(0o644)
+    code = run(DaemonConfig(host="127.0.0.2", port=0, data_dir=tmp_path))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"ERROR kadnode.daemon: permissions 0644 for {key_file} are too open" in err
+    assert f"Run: chmod 600 {key_file}" in err
+    assert "Traceback" not in err
+
+
+async def test_daemon_logs_its_public_key_and_serves_put_and_get(
+    tmp_path: Path, logs: pytest.LogCaptureFixture
+) -> None:
+    daemon = Daemon(DaemonConfig(host="127.0.0.2", port=0, data_dir=tmp_path, settings=FAST))
+    node = await daemon.started()
+    try:
+        assert node.identity is not None
+        assert f"mutable items are signed with public key {node.identity.public_key.hex()}" in logs.text
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "control.sock"))
+        writer.write(json.dumps({"cmd": "put", "args": {"value": "hi", "name": "n"}}).encode() + b"\n")
+        await writer.drain()
+        put = json.loads(await asyncio.wait_for(reader.readline(), 5))
+        writer.write(json.dumps({"cmd": "get", "args": {"target": put["result"]["address"]}}).encode() + b"\n")
+        await writer.drain()
+        got = json.loads(await asyncio.wait_for(reader.readline(), 5))
+        writer.close()
+        assert put["ok"] and put["result"]["seq"] == 1 and put["result"]["stored_at"] == 0
+        assert got["ok"] and got["result"]["item"] == {k: put["result"][k] for k in got["result"]["item"]}
+    finally:
+        await daemon.finish()
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_run_stops_cleanly_on_sigterm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     original = signal.getsignal(signal.SIGTERM)
 

@@ -9,24 +9,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kadnode.types import NodeInfo
-from kadnode.wire.bencode import bencode
+from kadnode.wire.bencode import Raw, bdecode, bencode
 from kadnode.wire.compact import encode_nodes
 from kadnode.wire.krpc import (
+    MAX_SEQ,
     MAX_TID_LEN,
     METHOD_UNKNOWN,
     PROTOCOL_ERROR,
     AnnouncePeer,
     ErrorReply,
     FindNode,
+    Get,
     GetPeers,
+    ItemReply,
     KrpcError,
     Message,
     Ping,
+    Put,
     Query,
     Response,
     UnknownMethod,
     decode_message,
     encode_message,
+    response_item,
     response_nodes,
     response_peers,
     response_token,
@@ -349,21 +354,143 @@ def test_response_helpers_reject(values: dict[bytes, Any], helper: Any, reason: 
     assert (info.value.code, info.value.reason, info.value.tid) == (PROTOCOL_ERROR, reason, b"zz")
 
 
+# --- BEP 44 get / put ----------------------------------------------------------------------------------
+
+KEY32 = bytes(range(32))
+SIG64 = bytes(range(64))
+
+
+def test_get_encoding() -> None:
+    assert encode_message(Query(b"aa", ID_A, Get(ID_M))) == (
+        b"d1:ad2:id20:" + ID_A + b"6:target20:" + ID_M + b"e1:q3:get1:t2:aa1:y1:qe"
+    )
+    data = b"d1:ad2:id20:" + ID_A + b"3:seqi4e6:target20:" + ID_M + b"e1:q3:get1:t2:aa1:y1:qe"
+    assert encode_message(Query(b"aa", ID_A, Get(ID_M, seq=4))) == data
+    assert decode_message(data) == Query(b"aa", ID_A, Get(ID_M, seq=4))
+    assert Get.method == b"get" and Put.method == b"put"
+
+
+def test_put_encoding_follows_the_bep() -> None:
+    immutable = b"d1:ad2:id20:" + ID_A + b"5:token3:tok1:v12:Hello World!e1:q3:put1:t2:aa1:y1:qe"
+    assert encode_message(Query(b"aa", ID_A, Put(b"tok", b"12:Hello World!"))) == immutable
+    assert decode_message(immutable) == Query(b"aa", ID_A, Put(b"tok", b"12:Hello World!"))
+    mutable = (
+        b"d1:ad3:casi3e2:id20:" + ID_A + b"1:k32:" + KEY32 + b"4:salt6:foobar3:seqi4e3:sig64:" + SIG64
+        + b"5:token3:tok1:vli1eee1:q3:put1:t2:aa1:y1:qe"
+    )
+    body = Put(b"tok", b"li1ee", KEY32, b"foobar", 4, SIG64, cas=3)
+    assert encode_message(Query(b"aa", ID_A, body)) == mutable
+    assert decode_message(mutable) == Query(b"aa", ID_A, body)
+    unsalted = encode_message(Query(b"aa", ID_A, Put(b"tok", b"li1ee", KEY32, b"", 4, SIG64)))
+    assert b"salt" not in unsalted and b"cas" not in unsalted
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"i0e", b"i-42e", b"0:", b"le", b"de", b"d1:ad1:bli1e0:eee", b"l" * 5 + b"e" * 5, b"3:\x00\xffv"],
+)
+def test_put_value_is_the_bytes_as_sent(value: bytes) -> None:
+    data = b"d1:ad2:id20:" + ID_A + b"5:token0:1:v" + value + b"e1:q3:put1:t2:aa1:y1:qe"
+    q = decode_message(data)
+    assert isinstance(q, Query) and isinstance(q.body, Put)
+    assert q.body.value == value
+    assert encode_message(q) == data
+
+
+def test_put_decoder_leaves_limits_to_the_core() -> None:
+    # Long salts (207) and big values (205) are the core's to refuse with the right code.
+    body = Put(b"t", bencode(b"x" * 1500), KEY32, b"s" * 300, MAX_SEQ, SIG64, cas=-1)
+    q = decode_message(encode_message(Query(b"aa", ID_A, body)))
+    assert isinstance(q, Query) and q.body == body
+    extras = Put(b"t", b"i1e", None, b"salt", 0, SIG64)  # immutable: kept as sent, ignored by the core
+    assert decode_message(encode_message(Query(b"aa", ID_A, extras))) == Query(b"aa", ID_A, extras)
+
+
+_PUT_OK = {"token": b"tok", "v": b"x", "k": KEY32, "seq": 1, "sig": SIG64}
+
+
+def _put(**changes: Any) -> dict[bytes, Any]:
+    args = {k: v for k, v in {**_PUT_OK, **changes}.items() if v is not None}
+    return _query(b"put", **args)
+
+
+@pytest.mark.parametrize(
+    ("msg", "reason"),
+    [
+        (_query(b"get"), "missing_field"),
+        (_query(b"get", target=ID_M[:19]), "bad_target"),
+        (_query(b"get", target=[ID_M]), "bad_target"),
+        (_query(b"get", target=ID_M, seq=b"1"), "bad_seq"),
+        (_put(token=None), "missing_field"),
+        (_put(token=5), "bad_token"),
+        (_put(v=None), "missing_field"),
+        (_put(k=KEY32[:31]), "bad_key"),
+        (_put(k=KEY32 + b"x"), "bad_key"),
+        (_put(k=1), "bad_key"),
+        (_put(seq=None), "missing_field"),
+        (_put(sig=None), "missing_field"),
+        (_put(seq=None, sig=None), "missing_field"),
+        (_put(seq=-1), "bad_seq"),
+        (_put(seq=MAX_SEQ + 1), "bad_seq"),
+        (_put(seq=b"1"), "bad_seq"),
+        (_put(sig=SIG64[:63]), "bad_signature"),
+        (_put(sig=[SIG64]), "bad_signature"),
+        (_put(salt=5), "bad_salt"),
+        (_put(salt=[b"x"]), "bad_salt"),
+        (_put(cas=b"1"), "bad_cas"),
+        (_put(k=None, seq=b"1"), "bad_seq"),
+        (_put(k=None, sig=b"short"), "bad_signature"),
+    ],
+)
+def test_bep44_rejects(msg: dict[bytes, Any], reason: str) -> None:
+    with pytest.raises(KrpcError) as info:
+        decode_message(bencode(msg))
+    err = info.value
+    assert (err.code, err.reason, err.tid, err.msg_type) == (PROTOCOL_ERROR, reason, b"tx", b"q")
+
+
+def test_response_with_raw_item_value() -> None:
+    value = b"d4:listli1ei2ee4:name7:kadnodee"
+    resp = Response(b"aa", ID_A, {b"v": Raw(value), b"k": KEY32, b"seq": 7, b"sig": SIG64, b"token": b"t"})
+    assert response_item(resp) == ItemReply(value, KEY32, 7, SIG64)
+    data = encode_message(resp)
+    assert b"1:v" + value + b"e" in data
+    decoded = decode_message(data)
+    assert isinstance(decoded, Response)
+    assert decoded.values[b"v"] == bdecode(value) == {b"list": [1, 2], b"name": b"kadnode"}
+    assert response_item(decoded) == ItemReply(value, KEY32, 7, SIG64)
+    assert encode_message(decoded) == data
+    assert decoded != resp  # Raw vs decoded value; the bytes on the wire are what matter
+    assert response_item(Response(b"aa", ID_A, {})) == ItemReply(None, None, None, None)
+    assert response_item(Response(b"aa", ID_A, {b"seq": 3})) == ItemReply(None, None, 3, None)
+    zero = decode_message(encode_message(Response(b"aa", ID_A, {b"v": Raw(b"i0e")})))
+    assert isinstance(zero, Response) and response_item(zero).value == b"i0e"
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ({b"k": KEY32[:31]}, "bad_key"),
+        ({b"k": 5}, "bad_key"),
+        ({b"seq": b"1"}, "bad_seq"),
+        ({b"seq": -1}, "bad_seq"),
+        ({b"seq": MAX_SEQ + 1}, "bad_seq"),
+        ({b"sig": SIG64 + b"x"}, "bad_signature"),
+        ({b"sig": [SIG64]}, "bad_signature"),
+    ],
+)
+def test_response_item_rejects(values: dict[bytes, Any], reason: str) -> None:
+    with pytest.raises(KrpcError) as info:
+        response_item(Response(b"zz", ID_A, {b"v": b"x", **values}))
+    assert (info.value.code, info.value.reason, info.value.tid) == (PROTOCOL_ERROR, reason, b"zz")
+
+
 # --- properties -------------------------------------------------------------------------------------
 
 _id20 = st.binary(min_size=20, max_size=20)
 _tid = st.binary(min_size=1, max_size=MAX_TID_LEN)
 _version = st.none() | st.binary(max_size=4)
-_known = {b"ping", b"find_node", b"get_peers", b"announce_peer"}
-_bodies = st.one_of(
-    st.just(Ping()),
-    st.builds(FindNode, _id20),
-    st.builds(GetPeers, _id20, st.booleans(), st.booleans()),
-    st.builds(
-        AnnouncePeer, _id20, st.integers(0, 65535), st.binary(max_size=20), st.booleans(), st.booleans()
-    ),
-    st.builds(UnknownMethod, st.binary(max_size=20).filter(lambda m: m not in _known), st.none() | _id20),
-)
+_known = {b"ping", b"find_node", b"get_peers", b"announce_peer", b"get", b"put"}
 _ipv4 = st.lists(st.integers(0, 255), min_size=4, max_size=4).map(lambda q: ".".join(map(str, q)))
 _leaf = st.integers(-(2**63), 2**63 - 1) | st.binary(max_size=30)
 _value = st.recursive(
@@ -373,12 +500,46 @@ _value = st.recursive(
     ),
     max_leaves=12,
 )
+_seq = st.none() | st.integers(0, MAX_SEQ)
+_puts = st.one_of(
+    st.builds(  # immutable, possibly with the meaningless extras kept as sent
+        Put,
+        st.binary(max_size=20),
+        _value.map(bencode),
+        st.none(),
+        st.binary(max_size=80),
+        _seq,
+        st.none() | st.binary(min_size=64, max_size=64),
+        st.none() | st.integers(-(2**63), 2**63),
+    ),
+    st.builds(
+        Put,
+        st.binary(max_size=20),
+        _value.map(bencode),
+        st.binary(min_size=32, max_size=32),
+        st.binary(max_size=80),
+        st.integers(0, MAX_SEQ),
+        st.binary(min_size=64, max_size=64),
+        st.none() | st.integers(-(2**63), 2**63),
+    ),
+)
+_bodies = st.one_of(
+    st.just(Ping()),
+    st.builds(FindNode, _id20),
+    st.builds(GetPeers, _id20, st.booleans(), st.booleans()),
+    st.builds(
+        AnnouncePeer, _id20, st.integers(0, 65535), st.binary(max_size=20), st.booleans(), st.booleans()
+    ),
+    st.builds(UnknownMethod, st.binary(max_size=20).filter(lambda m: m not in _known), st.none() | _id20),
+    st.builds(Get, _id20, st.none() | st.integers(-(2**63), 2**63)),
+    _puts,
+)
 _queries = st.builds(Query, _tid, _id20, _bodies, _version, st.booleans())
 _responses = st.builds(
     Response,
     _tid,
     _id20,
-    st.dictionaries(st.sampled_from([b"nodes", b"token", b"values", b"x", b"zz"]), _value, max_size=4),
+    st.dictionaries(st.sampled_from([b"nodes", b"token", b"values", b"v", b"x", b"zz"]), _value, max_size=4),
     _version,
     st.none() | st.tuples(_ipv4, st.integers(0, 65535)),
 )
@@ -391,6 +552,17 @@ def test_round_trip(msg: Message) -> None:
     data = encode_message(msg)
     assert decode_message(data) == msg
     assert encode_message(decode_message(data)) == data
+
+
+@given(_value, st.none() | st.binary(min_size=32, max_size=32), _seq)
+def test_item_values_come_back_verbatim(value: Any, key: bytes | None, seq: int | None) -> None:
+    raw = bencode(value)
+    resp = Response(b"aa", ID_A, {b"v": Raw(raw), b"k": key, b"seq": seq, b"sig": SIG64 if key else None})
+    resp = Response(b"aa", ID_A, {k: v for k, v in resp.values.items() if v is not None})
+    decoded = decode_message(encode_message(resp))
+    assert isinstance(decoded, Response)
+    assert decoded.values[b"v"] == value
+    assert response_item(decoded) == response_item(resp) == ItemReply(raw, key, seq, SIG64 if key else None)
 
 
 @given(st.binary(max_size=300))
@@ -428,3 +600,30 @@ def test_mutated_messages_message_or_krpc_error(msg: Message, data: st.DataObjec
         return
     assert isinstance(decoded, Query | Response | ErrorReply)
     encode_message(decoded)  # whatever we accept we can also send back out
+
+
+@settings(max_examples=500)
+@given(_puts, st.data())
+def test_mutated_puts_put_or_krpc_error(body: Put, data: st.DataObject) -> None:
+    raw = bytearray(encode_message(Query(b"tx", ID_A, body)))
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        op = data.draw(st.sampled_from(["flip", "replace", "delete"]))
+        if op == "flip":
+            raw[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "replace":
+            raw[i] = data.draw(st.sampled_from(list(b"ilde0123456789:-")))
+        else:
+            del raw[i : i + data.draw(st.integers(1, 4))]
+        if not raw:
+            break
+    try:
+        decoded = decode_message(bytes(raw))
+    except KrpcError as exc:
+        assert exc.code == PROTOCOL_ERROR
+        return
+    if isinstance(decoded, Query) and isinstance(decoded.body, Put):
+        put = decoded.body
+        assert bencode(bdecode(put.value, max_depth=10)) == put.value  # still one canonical value
+        assert put.public_key is None or (put.seq is not None and put.signature is not None)
+    assert decode_message(encode_message(decoded)) == decoded

@@ -1,9 +1,11 @@
-"""The libtorrent test peer works on its own: three sessions on loopback find each other and each
-other's announces. If this fails, the kadnode interop tests cannot be trusted either way."""
+"""The libtorrent test peer works on its own: three sessions on loopback find each other, each other's
+announces and each other's BEP 44 items. If this fails, the kadnode interop tests cannot be trusted
+either way."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -11,11 +13,35 @@ from contextlib import ExitStack
 import pytest
 
 from kadnode.types import Addr
-from tests.interop.ltpeer import LibtorrentDhtPeer, loopback_only_filter, loopback_settings
+from tests.interop.ltpeer import (
+    LibtorrentDhtPeer,
+    ed25519_public_key,
+    expanded_secret,
+    loopback_only_filter,
+    loopback_settings,
+    signature_valid,
+    signing_buffer,
+)
 
 pytestmark = pytest.mark.interop
 
 HOSTS = ("127.0.0.20", "127.0.0.21", "127.0.0.22")
+
+# BEP 44's test vectors (its "private key" is the 64-byte expanded form libtorrent takes).
+BEP44_PUBLIC_KEY = bytes.fromhex("77ff84905a91936367c01360803104f92432fcd904a43511876df5cdf3e7e548")
+BEP44_SECRET = bytes.fromhex(
+    "e06d3183d14159228433ed599221b80bd0a5ce8352e4bdf0262f76786ef1c74d"
+    "b7e7a9fea2c0eb269d61e3b38e450a22e754941ac78479d6c54e1faf6037881d"
+)
+BEP44_SIGNATURE = bytes.fromhex(
+    "305ac8aeb6c9c151fa120f120ea2cfb923564e11552d06a5d856091e5e853cff"
+    "1260d3f39e4999684aa92eb73ffd136e6f4f3ecbfda0ce53a1608ecd7ae21f01"
+)
+BEP44_SALTED_SIGNATURE = bytes.fromhex(
+    "6834284b6b24c3204eb2fea824d82f88883a3d95e8b4a21b8c0ded553d17d17d"
+    "df9a8a7104b1258f30bed3787e6cb896fca78c58f8e03b5f18f14951a87d9a08"
+)
+BEP44_IMMUTABLE_TARGET = bytes.fromhex("e5f96f6f38320f0f33959cb4d3d656452117aadb")
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +150,110 @@ def test_a_taken_port_is_reported() -> None:
             second.start(timeout=5)
         with pytest.raises(RuntimeError):
             second.node_id()
+
+
+# --- BEP 44 items between libtorrent peers ------------------------------------------------------
+
+
+def test_signing_buffer_and_signature_check_match_the_bep44_vectors() -> None:
+    value = b"12:Hello World!"
+    assert signing_buffer(b"", 1, value) == b"3:seqi1e1:v12:Hello World!"
+    assert signing_buffer(b"foobar", 1, value) == b"4:salt6:foobar3:seqi1e1:v12:Hello World!"
+    assert signature_valid(BEP44_PUBLIC_KEY, BEP44_SIGNATURE, b"", 1, value)
+    assert signature_valid(BEP44_PUBLIC_KEY, BEP44_SALTED_SIGNATURE, b"foobar", 1, value)
+    # Any change to what is signed fails the check.
+    assert not signature_valid(BEP44_PUBLIC_KEY, BEP44_SIGNATURE, b"foobar", 1, value)
+    assert not signature_valid(BEP44_PUBLIC_KEY, BEP44_SIGNATURE, b"", 2, value)
+    assert not signature_valid(BEP44_PUBLIC_KEY, BEP44_SIGNATURE, b"", 1, b"12:Hello World?")
+    assert not signature_valid(BEP44_PUBLIC_KEY, bytes(64), b"", 1, value)
+
+
+def test_expanded_secret_is_clamped_sha512_of_the_seed() -> None:
+    seed = bytes(range(32))
+    secret = expanded_secret(seed)
+    digest = hashlib.sha512(seed).digest()
+    assert len(secret) == 64 and secret[32:] == digest[32:]
+    assert secret[0] == digest[0] & 0xF8
+    assert secret[31] == (digest[31] & 0x3F) | 0x40
+    assert secret[1:31] == digest[1:31]
+    assert len(ed25519_public_key(seed)) == 32
+    with pytest.raises(ValueError):
+        expanded_secret(bytes(31))
+
+
+def test_libtorrent_signs_the_bep44_vectors(peers: list[LibtorrentDhtPeer]) -> None:
+    """libtorrent, given BEP 44's expanded secret, produces the BEP's signatures (seq 1: the first put)."""
+    seed, second, third = peers
+    for salt, signature in ((b"", BEP44_SIGNATURE), (b"foobar", BEP44_SALTED_SIGNATURE)):
+        put = second.put_mutable(BEP44_SECRET, b"Hello World!", salt=salt, public_key=BEP44_PUBLIC_KEY)
+        assert (put.seq, put.signature, put.value) == (1, signature, b"12:Hello World!")
+        assert put.public_key == BEP44_PUBLIC_KEY and put.salt == salt
+        assert put.num_success >= 1
+        for reader in (third, seed):
+            item = reader.get_mutable(BEP44_PUBLIC_KEY, salt)
+            assert item is not None, f"{reader} did not find the item salted {salt!r}"
+            assert (item.seq, item.signature, item.value, item.salt) == (1, signature, b"12:Hello World!", salt)
+    immutable = second.put_immutable(b"Hello World!")
+    assert (immutable.target, immutable.value) == (BEP44_IMMUTABLE_TARGET, b"12:Hello World!")
+    assert third.get_immutable(BEP44_IMMUTABLE_TARGET) == b"12:Hello World!"
+
+
+def test_immutable_item_round_trip(peers: list[LibtorrentDhtPeer]) -> None:
+    seed, second, third = peers
+    value = {b"name": b"ltpeer", b"list": [1, -2, b"three"], b"n": 4}
+    put = second.put_immutable(value)
+    encoded = b"d4:listli1ei-2e5:threee1:ni4e4:name6:ltpeere"
+    assert put.value == encoded
+    assert put.target == hashlib.sha1(encoded).digest()
+    assert put.num_success >= 1
+    assert third.get_immutable(put.target) == encoded
+    assert seed.get_immutable(put.target) == encoded
+
+
+def test_mutable_update_raises_seq_and_replaces_the_value(peers: list[LibtorrentDhtPeer]) -> None:
+    seed, second, third = peers
+    key = os.urandom(32)
+    public_key = ed25519_public_key(key)
+    first = second.put_mutable(key, b"one", salt=b"counter")
+    assert first.seq == 1 and first.num_success >= 1
+    assert signature_valid(public_key, first.signature, b"counter", 1, b"3:one")
+    # Another peer updates it: its lookup finds seq 1, so it signs seq 2.
+    update = third.put_mutable(key, b"two", salt=b"counter")
+    assert update.seq == 2 and update.num_success >= 1
+    for reader in (seed, second):
+        item = reader.get_mutable(public_key, b"counter")
+        assert item is not None
+        assert (item.seq, item.value) == (2, b"3:two")
+        assert signature_valid(public_key, item.signature, b"counter", 2, b"3:two")
+
+
+def test_salt_separates_items_under_one_key(peers: list[LibtorrentDhtPeer]) -> None:
+    _, second, third = peers
+    key = os.urandom(32)
+    public_key = ed25519_public_key(key)
+    # The expanded-secret form signs exactly as the seed does.
+    second.put_mutable(expanded_secret(key), b"plain", public_key=public_key)
+    second.put_mutable(key, b"salted", salt=b"a")
+    plain, salted = third.get_mutable(public_key), third.get_mutable(public_key, b"a")
+    assert plain is not None and plain.value == b"5:plain" and plain.salt == b""
+    assert salted is not None and salted.value == b"6:salted" and salted.salt == b"a"
+    assert third.get_mutable(public_key, b"b") is None
+
+
+def test_missing_items_are_none(peers: list[LibtorrentDhtPeer]) -> None:
+    reader = peers[1]
+    assert reader.get_immutable(hashlib.sha1(b"never put").digest()) is None
+    assert reader.get_mutable(ed25519_public_key(os.urandom(32)), b"never put") is None
+
+
+def test_put_mutable_refuses_keys_that_do_not_fit(peers: list[LibtorrentDhtPeer]) -> None:
+    peer = peers[0]
+    seed = os.urandom(32)
+    with pytest.raises(ValueError):
+        peer.put_mutable(seed[:31], b"x")
+    with pytest.raises(ValueError):
+        peer.put_mutable(expanded_secret(seed), b"x")  # the expanded form needs its public key
+    with pytest.raises(ValueError):
+        peer.put_mutable(seed, b"x", public_key=ed25519_public_key(os.urandom(32)))
+    with pytest.raises(ValueError):
+        peer.get_mutable(bytes(31))

@@ -109,7 +109,7 @@ def test_announce_with_bad_token_gets_error_203() -> None:
     assert isinstance(reply, ErrorReply)
     assert reply.code == 203
     assert core.counters["refused.bad_token"] == 1
-    assert core.peer_store.peer_count == 0
+    assert core.storage.stats(1.0).peers == 0
 
 
 def test_token_from_another_ip_is_refused() -> None:
@@ -201,6 +201,7 @@ def test_status_is_json_friendly() -> None:
     status = core.status(2.0)
     json.dumps(status)
     assert status["routing_table"]["nodes"] == 1
+    assert status["storage"]["items"] == 0
     assert status["counters"]["queries_in"]["ping"] == 1
 
 

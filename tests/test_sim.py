@@ -17,10 +17,7 @@ def build_network(seed: int, size: int, **kwargs: object) -> SimNetwork:
     seed_core = net.add_node()
     seed_addr = next(iter(net.nodes))
     for _ in range(size - 1):
-        net.add_node()
-    for addr in list(net.nodes)[1:]:
-        net.nodes[addr].core.bootstrap([seed_addr], net.now, lambda _r: None)
-        net._flush(net.nodes[addr])
+        net.join([seed_addr])
         net.run_until(net.now + 0.05)
     net.run_until(net.now + 60)
     assert len(seed_core.routing_table) > 0

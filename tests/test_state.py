@@ -100,9 +100,9 @@ def test_closed_store_raises(tmp_path: Path) -> None:
 
 def test_schema_version_recorded(tmp_path: Path) -> None:
     with StateStore.open(tmp_path) as store:
-        assert store.schema_version() == state.SCHEMA_VERSION == 1
+        assert store.schema_version() == state.SCHEMA_VERSION == 2
         tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"meta", "routes"} <= tables
+        assert {"meta", "routes", "peers", "items", "own_items", "own_announces"} <= tables
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -118,25 +118,27 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_migration_to_a_new_version_runs_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with StateStore.open(tmp_path) as store:
         store.save_node_id(42)
-    monkeypatch.setattr(state, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(state._MIGRATIONS, 2, ("CREATE TABLE items (key BLOB PRIMARY KEY, value BLOB)",))
+    new = state.SCHEMA_VERSION + 1
+    monkeypatch.setattr(state, "SCHEMA_VERSION", new)
+    monkeypatch.setitem(state._MIGRATIONS, new, ("CREATE TABLE extra (key BLOB PRIMARY KEY, value BLOB)",))
     with StateStore.open(tmp_path) as store:
-        assert store.schema_version() == 2
+        assert store.schema_version() == new
         assert store.load_node_id() == 42
-        store.conn.execute("INSERT INTO items VALUES (x'01', x'02')")
-    with StateStore.open(tmp_path) as store:  # a second open must not re-run version 2
-        assert store.conn.execute("SELECT count(*) FROM items").fetchone()[0] == 1
+        store.conn.execute("INSERT INTO extra VALUES (x'01', x'02')")
+    with StateStore.open(tmp_path) as store:  # a second open must not re-run the new version
+        assert store.conn.execute("SELECT count(*) FROM extra").fetchone()[0] == 1
 
 
 def test_failed_migration_leaves_old_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     StateStore.open(tmp_path).close()
-    monkeypatch.setattr(state, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(state._MIGRATIONS, 2, ("CREATE TABLE t2 (a)", "THIS IS NOT SQL"))
+    old = state.SCHEMA_VERSION
+    monkeypatch.setattr(state, "SCHEMA_VERSION", old + 1)
+    monkeypatch.setitem(state._MIGRATIONS, old + 1, ("CREATE TABLE t2 (a)", "THIS IS NOT SQL"))
     with pytest.raises(StateError, match="cannot use state database"):
         StateStore.open(tmp_path)
-    monkeypatch.setattr(state, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(state, "SCHEMA_VERSION", old)
     with StateStore.open(tmp_path) as store:
-        assert store.schema_version() == 1
+        assert store.schema_version() == old
         assert store.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 't2'").fetchone() is None
 
 

@@ -1,4 +1,4 @@
-"""The node core: KRPC dispatch, query handlers, lookups and maintenance, with no I/O.
+"""The node core: KRPC dispatch, answering queries, starting operations and maintenance, with no I/O.
 
 `NodeCore` takes datagrams and the current time in and queues datagrams and a next deadline out.
 The asyncio runtime and the simulator drive it the same way: after any call, send what
@@ -13,23 +13,46 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from kadnode.core.bep44 import PutRefused, item_from_put
 from kadnode.core.counters import Counters, grouped, new_counters
-from kadnode.core.lookup import Lookup
 from kadnode.core.nodeid import random_id_in_range
-from kadnode.core.peerstore import PeerStore
+from kadnode.core.operations import (
+    BootstrapOp,
+    GetOp,
+    GetPeersOp,
+    Handler,
+    LookupOp,
+    MaintenancePing,
+    PingOp,
+    StoreOp,
+)
+from kadnode.core.republish import Schedule
 from kadnode.core.results import (
     AnnounceResult,
     BootstrapResult,
     GetPeersResult,
+    GetResult,
     LookupResult,
     PingResult,
+    PutResult,
 )
 from kadnode.core.routing import NodeState, RoutingTable
 from kadnode.core.rpc import RpcManager, Transaction
 from kadnode.core.tokens import TokenManager
 from kadnode.settings import Settings
+from kadnode.storage.base import (
+    ImmutableItem,
+    Item,
+    MutableItem,
+    Storage,
+    StorageError,
+    StorageFull,
+    ValueTooLarge,
+)
+from kadnode.storage.memory import MemoryStorage
 from kadnode.types import Addr, NodeInfo
-from kadnode.wire.compact import CompactError, encode_nodes, encode_peer, id_from_bytes, id_to_bytes
+from kadnode.wire.bencode import Raw
+from kadnode.wire.compact import encode_nodes, encode_peer, id_from_bytes, id_to_bytes
 from kadnode.wire.krpc import (
     METHOD_UNKNOWN,
     PROTOCOL_ERROR,
@@ -37,30 +60,32 @@ from kadnode.wire.krpc import (
     AnnouncePeer,
     ErrorReply,
     FindNode,
+    Get,
     GetPeers,
     KrpcError,
     Message,
     Ping,
+    Put,
     Query,
     QueryBody,
     Response,
     UnknownMethod,
     decode_message,
     encode_message,
-    response_nodes,
-    response_peers,
+    response_item,
     response_token,
 )
 
 MAINTENANCE_INTERVAL = 5.0
-"""Seconds between maintenance ticks (pings of questionable nodes, bucket refresh, expiry).
+"""Seconds between maintenance ticks (pings of questionable nodes, bucket refresh, expiry, republish).
 libtorrent ticks every 5 s as well."""
-PEER_SWEEP_INTERVAL = 60.0
+SWEEP_INTERVAL = 60.0
 MAX_MAINTENANCE_PINGS = 16
 """Pings per tick, so that a node waking from a long pause does not burst its whole table at once."""
 MAX_REFRESH_LOOKUPS = 2
-"""Bucket-refresh lookups started per tick, so that a node waking up after a long pause does not
-start a lookup for every bucket at once."""
+"""Bucket-refresh lookups started per tick, for the same reason."""
+MAX_REPUBLISH_PER_TICK = 4
+"""Re-puts (own items, announces, replicas) started per tick: republishing is spread, never a burst."""
 EXTERNAL_IP_VOTES = 64
 """Recent BEP 42 `ip` reports kept to decide our external address by majority."""
 
@@ -86,7 +111,7 @@ class NodeCore:
         settings: Settings,
         rng: random.Random,
         now: float,
-        peer_store: PeerStore | None = None,
+        storage: Storage | None = None,
     ) -> None:
         self.node_id = node_id
         self.settings = settings
@@ -95,16 +120,28 @@ class NodeCore:
         self.routing_table = RoutingTable(node_id, settings, rng, now=now)
         self.rpc = RpcManager(settings, rng)
         self.tokens = TokenManager(rng, settings)
-        self.peer_store = peer_store if peer_store is not None else PeerStore(settings, rng)
+        self.storage: Storage = storage if storage is not None else MemoryStorage(settings, rng)
         self.started = now
         self.external_addr: Addr | None = None
+        self.active_lookups: set[LookupOp] = set()
         self._id_bytes = id_to_bytes(node_id)
         self._outgoing: list[tuple[bytes, Addr]] = []
         self._timers: list[Timer] = []
         self._timer_seq = 0
         self._ip_votes: list[Addr] = []
-        self._active_lookups: set[_LookupOp] = set()
-        self._last_peer_sweep = now
+        self._last_sweep = now
+        # Republishing: what we originated (persisted by the storage) and what we hold for others.
+        self._own_items: dict[bytes, Item] = {item.target: item for item in self.storage.own_items()}
+        self._own_announces: dict[bytes, int | None] = dict(self.storage.own_announces())
+        self._republish_items = Schedule(settings.republish_interval, rng)
+        self._republish_announces = Schedule(settings.announce_interval, rng)
+        self._replicas = Schedule(settings.replicate_interval, rng)
+        for target in self._own_items:
+            self._republish_items.add(target, now, spread=True)
+        for info_hash in self._own_announces:
+            self._republish_announces.add(info_hash, now, spread=True)
+        for item in self.storage.items(now):
+            self._replicas.add(item.target, now, spread=True)
         self.schedule(now + MAINTENANCE_INTERVAL, self._maintenance)
 
     # ------------------------------------------------------------------ driver interface
@@ -172,20 +209,25 @@ class NodeCore:
             return
         if not query.read_only:
             self._note_querier(NodeInfo(sender, addr), now)
+        tid = query.tid
         if isinstance(body, Ping):
-            self._send_response(query.tid, {}, addr)
+            self._send_response(tid, {}, addr)
         elif isinstance(body, FindNode):
-            self._send_response(query.tid, {b"nodes": self._closest_compact(body.target)}, addr)
+            self._send_response(tid, {b"nodes": self._closest_compact(body.target)}, addr)
         elif isinstance(body, GetPeers):
-            self._answer_get_peers(query.tid, body, addr, now)
+            self._answer_get_peers(tid, body, addr, now)
         elif isinstance(body, AnnouncePeer):
-            self._answer_announce(query.tid, body, addr, now)
+            self._answer_announce(tid, body, addr, now)
+        elif isinstance(body, Get):
+            self._answer_get(tid, body, addr, now)
+        elif isinstance(body, Put):
+            self._answer_put(tid, body, addr, now)
         elif body.target is not None:
             # libtorrent's rule: an unknown query that names a target is answered like find_node,
             # so newer extensions degrade gracefully.
-            self._send_response(query.tid, {b"nodes": self._closest_compact(body.target)}, addr)
+            self._send_response(tid, {b"nodes": self._closest_compact(body.target)}, addr)
         else:
-            self._send_error(query.tid, METHOD_UNKNOWN, "method unknown", addr)
+            self._send_error(tid, METHOD_UNKNOWN, "method unknown", addr)
 
     def _note_querier(self, node: NodeInfo, now: float) -> None:
         """A node that queries us may join the table, but we vouch for it only once it answers us:
@@ -195,37 +237,89 @@ class NodeCore:
         entry = table.get(node.id)
         if entry is not None and entry.last_response is None and entry.last_pinged is None:
             entry.last_pinged = now
-            self.send_query(entry.addr, entry.id, Ping(), _MaintenancePing(self), now)
+            self.send_query(entry.addr, entry.id, Ping(), MaintenancePing(self), now)
 
     def _closest_compact(self, target: bytes) -> bytes:
         # Only nodes that answered us: we never vouch for an endpoint we have not heard answer.
         entries = self.routing_table.closest(id_from_bytes(target), answered_only=True)
         return encode_nodes(NodeInfo(e.id, e.addr) for e in entries)
 
+    def _token_and_nodes(self, target: bytes, addr: Addr, now: float) -> dict[bytes, Any]:
+        return {b"token": self.tokens.token_for(addr[0], now), b"nodes": self._closest_compact(target)}
+
     def _answer_get_peers(self, tid: bytes, body: GetPeers, addr: Addr, now: float) -> None:
-        values: dict[bytes, Any] = {
-            b"token": self.tokens.token_for(addr[0], now),
-            b"nodes": self._closest_compact(body.info_hash),
-        }
-        peers = self.peer_store.get(body.info_hash, now, self.settings.max_peers_per_reply)
+        values = self._token_and_nodes(body.info_hash, addr, now)
+        peers = self.storage.get_peers(body.info_hash, now, self.settings.max_peers_per_reply, noseed=body.noseed)
         if peers:
             values[b"values"] = [encode_peer(p) for p in peers]
         self._send_response(tid, values, addr)
 
+    def _refuse(self, tid: bytes, code: int, text: str, reason: str, addr: Addr) -> None:
+        self.counters[f"refused.{reason}"] += 1
+        self._send_error(tid, code, text, addr)
+
     def _answer_announce(self, tid: bytes, body: AnnouncePeer, addr: Addr, now: float) -> None:
         if not self.tokens.is_valid(body.token, addr[0], now):
-            self.counters["refused.bad_token"] += 1
-            self._send_error(tid, PROTOCOL_ERROR, "invalid token", addr)
+            self._refuse(tid, PROTOCOL_ERROR, "invalid token", "bad_token", addr)
             return
         port = addr[1] if body.implied_port else body.port
         if not 0 < port < 65536:
-            self.counters["refused.bad_port"] += 1
-            self._send_error(tid, PROTOCOL_ERROR, "invalid port", addr)
+            self._refuse(tid, PROTOCOL_ERROR, "invalid port", "bad_port", addr)
             return
-        if not self.peer_store.add(body.info_hash, (addr[0], port), now, seed=body.seed):
-            self.counters["refused.store_full"] += 1
-            self._send_error(tid, SERVER_ERROR, "peer store full", addr)
+        try:
+            self.storage.add_peer(body.info_hash, (addr[0], port), now, seed=body.seed)
+        except StorageFull:
+            self._refuse(tid, SERVER_ERROR, "peer store full", "store_full", addr)
             return
+        except StorageError as exc:
+            self._refuse(tid, SERVER_ERROR, str(exc), "store_error", addr)
+            return
+        self._send_response(tid, {}, addr)
+
+    def _answer_get(self, tid: bytes, body: Get, addr: Addr, now: float) -> None:
+        values = self._token_and_nodes(body.target, addr, now)
+        item = self.local_item(body.target, now)
+        if isinstance(item, MutableItem):
+            values[b"seq"] = item.seq
+            if body.seq is None or item.seq > body.seq:  # BEP 44: send only what is newer than asked
+                values.update({b"v": Raw(item.value), b"k": item.public_key, b"sig": item.signature})
+        elif item is not None:
+            values[b"v"] = Raw(item.value)
+        self._send_response(tid, values, addr)
+
+    def _answer_put(self, tid: bytes, body: Put, addr: Addr, now: float) -> None:
+        if not self.tokens.is_valid(body.token, addr[0], now):
+            self._refuse(tid, PROTOCOL_ERROR, "invalid token", "bad_token", addr)
+            return
+        try:
+            item = item_from_put(body, self.settings)
+        except PutRefused as exc:
+            self._refuse(tid, exc.code, exc.message, f"put_{exc.code}", addr)
+            return
+        current = self.local_item(item.target, now)
+        if isinstance(item, MutableItem) and isinstance(current, MutableItem):
+            if body.cas is not None and body.cas != current.seq:
+                self._refuse(tid, 301, "cas mismatch: re-read the item and try again", "put_301", addr)
+                return
+            if item.seq < current.seq or (item.seq == current.seq and item.value != current.value):
+                self._refuse(tid, 302, "sequence number less than current", "put_302", addr)
+                return
+        try:
+            self.storage.put_item(item, now, source_ip=addr[0])
+        except ValueTooLarge:
+            self._refuse(tid, 205, "message (v field) too big", "put_205", addr)
+            return
+        except StorageFull:
+            self._refuse(tid, SERVER_ERROR, "item store full", "store_full", addr)
+            return
+        except StorageError as exc:
+            self._refuse(tid, SERVER_ERROR, str(exc), "store_error", addr)
+            return
+        self.counters["items.stored"] += 1
+        if item.target in self._replicas:
+            self._replicas.postpone(item.target, now)  # someone else keeps it alive this interval
+        else:
+            self._replicas.add(item.target, now)
         self._send_response(tid, {}, addr)
 
     def _handle_response(self, response: Response, addr: Addr, now: float) -> None:
@@ -244,7 +338,11 @@ class NodeCore:
             self.counters["rpc.id_changed"] += 1
             self.routing_table.remove(txn.node_id, now)
         self.counters["responses_in"] += 1
-        self.routing_table.heard_from(NodeInfo(sender, addr), now, responded=True, rtt=rtt)
+        table = self.routing_table
+        known = table.get(sender)
+        table.heard_from(NodeInfo(sender, addr), now, responded=True, rtt=rtt)
+        if known is None and table.get(sender) is not None:
+            self._hand_over(NodeInfo(sender, addr), now)
         if response.ip is not None:
             self._vote_external_addr(response.ip)
         txn.node_id = sender
@@ -280,7 +378,7 @@ class NodeCore:
         self.counters[f"errors_out.{code}"] += 1
 
     def send_query(
-        self, addr: Addr, node_id: int | None, body: QueryBody, handler: _Handler, now: float
+        self, addr: Addr, node_id: int | None, body: QueryBody, handler: Handler, now: float
     ) -> Transaction | None:
         """Send a query; the handler hears the outcome. None when too many requests are in flight."""
         method = method_name(body)
@@ -303,47 +401,151 @@ class NodeCore:
 
     def ping(self, addr: Addr, now: float, done: Callable[[PingResult], None]) -> None:
         """Ping an endpoint (its ID need not be known)."""
-        _PingOp(self, addr, done).start(now)
+        PingOp(self, addr, done).start(now)
 
     def find_node(self, target: int, now: float, done: Callable[[LookupResult], None]) -> None:
         """Iterative FIND_NODE: the k closest live nodes to `target`."""
-        self._start_lookup(target, None, [], now, lambda op, _now: done(op.lookup_result()))
+        seeds = self.lookup_seeds(id_to_bytes(target))
+        LookupOp(self, target, seeds, now, lambda op, _now: done(op.lookup_result())).pump(now)
 
     def get_peers(self, info_hash: bytes, now: float, done: Callable[[GetPeersResult], None]) -> None:
         """Iterative get_peers (BEP 5): peers announced for `info_hash`, and write tokens."""
-        self._start_lookup(id_from_bytes(info_hash), info_hash, [], now,
-                           lambda op, _now: done(op.get_peers_result()))
+
+        def finished(op: LookupOp, _now: float) -> None:
+            assert isinstance(op, GetPeersOp)
+            done(GetPeersResult(info_hash=info_hash, peers=list(op.peers), lookup=op.lookup_result(),
+                                tokens=op.closest_tokens()))
+
+        GetPeersOp(self, info_hash, now, finished).pump(now)
 
     def announce(
-        self, info_hash: bytes, port: int | None, now: float, done: Callable[[AnnounceResult], None]
+        self, info_hash: bytes, port: int | None, now: float, done: Callable[[AnnounceResult], None],
+        *, keep: bool = True,
     ) -> None:
         """get_peers towards `info_hash`, then announce_peer to the k closest nodes that gave tokens.
 
-        `port=None` announces with implied_port: receivers store our UDP source port.
+        `port=None` announces with implied_port: receivers store our UDP source port. With `keep`
+        the node re-announces every `announce_interval`, across restarts, until `stop_announcing`.
         """
+        if keep:
+            self._own_announces[info_hash] = port
+            self.storage.save_own_announce(info_hash, port)
+            self._republish_announces.add(info_hash, now)
 
-        def after_lookup(op: _LookupOp, now: float) -> None:
-            _AnnounceOp(self, op.get_peers_result(), port, done).start(now)
+        def after_lookup(op: LookupOp, now: float) -> None:
+            assert isinstance(op, GetPeersOp)
+            ids = op.closest_ids()
+            requests: list[tuple[Addr, int | None, QueryBody]] = [
+                (addr, ids.get(addr), AnnouncePeer(info_hash=info_hash, port=port or 0, token=token,
+                                                   implied_port=port is None))
+                for addr, token in op.closest_tokens().items()
+            ]
 
-        self._start_lookup(id_from_bytes(info_hash), info_hash, [], now, after_lookup)
+            def stored(count: int, attempted: int, _errors: dict[int, int]) -> None:
+                done(AnnounceResult(info_hash=info_hash, port=port, stored_at=count, attempted=attempted,
+                                    peers=list(op.peers)))
 
-    def _start_lookup(
-        self,
-        target: int,
-        info_hash: bytes | None,
-        extra_seeds: list[NodeInfo],
-        now: float,
-        on_finish: Callable[[_LookupOp, float], None],
+            StoreOp(self, stored).start(requests, now)
+
+        GetPeersOp(self, info_hash, now, after_lookup).pump(now)
+
+    def stop_announcing(self, info_hash: bytes) -> None:
+        """Forget an announce: it is no longer renewed, and expires from the network within peer_ttl."""
+        self._own_announces.pop(info_hash, None)
+        self._republish_announces.remove(info_hash)
+        self.storage.remove_own_announce(info_hash)
+
+    def get(self, target: bytes, now: float, done: Callable[[GetResult], None], *, salt: bytes = b"") -> None:
+        """Iterative BEP 44 get: the best valid item under `target` (pass the `salt` of a salted
+        mutable item: signatures cover it, and it is not sent back)."""
+
+        def finished(op: LookupOp, _now: float) -> None:
+            assert isinstance(op, GetOp)
+            done(self._get_result(op))
+
+        GetOp(self, target, salt, now, finished).pump(now)
+
+    def _get_result(self, op: GetOp) -> GetResult:
+        closest = {n.addr for n in op.lookup.result()}
+        return GetResult(target=op.target_bytes, item=op.item, lookup=op.lookup_result(), holders=op.holders,
+                         invalid=op.invalid, tokens=op.closest_tokens(),
+                         seqs={a: s for a, s in op.seqs.items() if a in closest})
+
+    def put(
+        self, item: Item, now: float, done: Callable[[PutResult], None], *, cas: int | None = None,
+        keep: bool = True,
     ) -> None:
-        entries = self.routing_table.closest(target, 2 * self.settings.k)
-        seeds = [NodeInfo(e.id, e.addr) for e in entries] + extra_seeds
-        _LookupOp(self, target, info_hash, seeds, now, on_finish).pump(now)
+        """Store `item` on the k closest nodes: a get lookup for tokens, then put to each.
+
+        With `keep` the item is ours: persisted, and re-put every `republish_interval` across restarts.
+        `cas` (mutable items) is sent only to nodes that returned a value, as BEP 44 asks.
+        """
+        if keep:
+            self._own_items[item.target] = item
+            self.storage.save_own_item(item)
+            self._republish_items.add(item.target, now)
+        salt = item.salt if isinstance(item, MutableItem) else b""
+
+        def after_lookup(op: LookupOp, now: float) -> None:
+            assert isinstance(op, GetOp)
+            ids = op.closest_ids()
+            requests: list[tuple[Addr, int | None, QueryBody]] = [
+                (addr, ids.get(addr), self._put_body(item, token, cas if addr in op.seqs else None))
+                for addr, token in op.closest_tokens().items()
+            ]
+
+            def stored(count: int, attempted: int, errors: dict[int, int]) -> None:
+                self.counters["items.put"] += 1
+                if count == 0 and (errors.get(301) or errors.get(302)):
+                    self._stop_republishing(item)  # the network holds a newer version: ours is stale
+                done(PutResult(target=item.target, item=item, stored_at=count, attempted=attempted, errors=errors))
+
+            StoreOp(self, stored).start(requests, now)
+
+        GetOp(self, item.target, salt, now, after_lookup).pump(now)
+
+    def _stop_republishing(self, item: Item) -> None:
+        if self._own_items.get(item.target) == item:
+            del self._own_items[item.target]
+            self._republish_items.remove(item.target)
+            self.counters["items.stale_dropped"] += 1
+
+    @staticmethod
+    def _put_body(item: Item, token: bytes, cas: int | None) -> Put:
+        if isinstance(item, ImmutableItem):
+            return Put(token=token, value=item.value)
+        return Put(token=token, value=item.value, public_key=item.public_key, salt=item.salt, seq=item.seq,
+                   signature=item.signature, cas=cas)
+
+    def local_item(self, target: bytes, now: float) -> Item | None:
+        """The newest item we have under `target`: one we originated, or one stored for others."""
+        own = self._own_items.get(target)
+        held = self.storage.get_item(target, now)
+        if own is None or held is None:
+            return own if own is not None else held
+        if isinstance(own, MutableItem) and isinstance(held, MutableItem) and held.seq > own.seq:
+            return held
+        return own
 
     def bootstrap(self, seeds: list[Addr], now: float, done: Callable[[BootstrapResult], None]) -> None:
         """Ask every seed for nodes near our own ID, then look ourselves up to fill the table."""
-        _BootstrapOp(self, seeds, done).start(now)
+        BootstrapOp(self, seeds, done).start(now)
+
+    def lookup_seeds(self, target: bytes) -> list[NodeInfo]:
+        """Where a lookup starts: the closest nodes our table knows (twice k, in case some are gone)."""
+        entries = self.routing_table.closest(id_from_bytes(target), 2 * self.settings.k)
+        return [NodeInfo(e.id, e.addr) for e in entries]
 
     # ------------------------------------------------------------------ maintenance
+
+    def after_join(self, now: float) -> None:
+        """After a bootstrap: fill the far buckets, and republish what we own right away (after a
+        restart our items may have expired in the network while we were down)."""
+        self.fill_buckets(now)
+        for target in self._own_items:
+            self._republish_items.add(target, now - self.settings.republish_interval)
+        for info_hash in self._own_announces:
+            self._republish_announces.add(info_hash, now - self.settings.announce_interval)
 
     def fill_buckets(self, now: float) -> None:
         """Look up a random ID in every bucket but our own, as a joining Kademlia node does.
@@ -357,301 +559,109 @@ class NodeCore:
             self.counters["refresh_lookups"] += 1
             self.find_node(random_id_in_range(low, high, self.rng), now, lambda _result: None)
 
+    def _hand_over(self, newcomer: NodeInfo, now: float) -> None:
+        """A node just joined our table: give it every item we hold for which it is closer than we are
+        and among the k closest we know (the Kademlia paper's rule), so that data follows churn."""
+        for target in self._replicas:
+            key = int.from_bytes(target, "big")
+            if newcomer.id ^ key >= self.node_id ^ key:
+                continue
+            if all(e.id != newcomer.id for e in self.routing_table.closest(key)):
+                continue
+            item = self.storage.get_item(target, now)
+            if item is None:
+                self._replicas.remove(target)
+                continue
+            self.counters["items.handed_over"] += 1
+            _HandOver(self, item).start(newcomer, now)
+
     def _maintenance(self, now: float) -> None:
-        """Keep the table healthy: confirm questionable nodes, refresh stale buckets, expire peers."""
+        """Keep the table healthy and the data alive: confirm questionable nodes, refresh stale buckets,
+        expire stored entries, and re-put what is due."""
         for entry in self.routing_table.ping_candidates(now)[:MAX_MAINTENANCE_PINGS]:
-            self.send_query(entry.addr, entry.id, Ping(), _MaintenancePing(self), now)
+            self.send_query(entry.addr, entry.id, Ping(), MaintenancePing(self), now)
         if len(self.routing_table) > 0:
             for target in self.routing_table.refresh_targets(now)[:MAX_REFRESH_LOOKUPS]:
                 self.counters["refresh_lookups"] += 1
                 self.find_node(target, now, lambda _result: None)
-        if now - self._last_peer_sweep >= PEER_SWEEP_INTERVAL:
-            self.peer_store.sweep(now)
-            self._last_peer_sweep = now
+            self._republish(now)
+        if now - self._last_sweep >= SWEEP_INTERVAL:
+            self.storage.sweep(now)
+            self._last_sweep = now
         self.schedule(now + MAINTENANCE_INTERVAL, self._maintenance)
+
+    def _republish(self, now: float) -> None:
+        budget = MAX_REPUBLISH_PER_TICK
+        for target in self._republish_items.due(now, budget):
+            self.counters["items.republished"] += 1
+            self.put(self._own_items[target], now, lambda _r: None, keep=False)
+            budget -= 1
+        for info_hash in self._republish_announces.due(now, budget):
+            self.counters["announces.renewed"] += 1
+            self.announce(info_hash, self._own_announces[info_hash], now, lambda _r: None, keep=False)
+            budget -= 1
+        for target in self._replicas.due(now, budget):
+            item = self.storage.get_item(target, now)
+            if item is None:  # expired: nobody re-put it to us
+                self._replicas.remove(target)
+                continue
+            self.counters["items.replicated"] += 1
+            self.put(item, now, lambda _r: None, keep=False)
 
     def status(self, now: float) -> dict[str, Any]:
         """A JSON-friendly snapshot for operators: table health, storage, traffic counters."""
-        states: Counter[str] = Counter(
-            entry.state(now, self.settings).name.lower() for entry in self.routing_table.entries()
-        )
+        states: Counter[NodeState] = Counter(entry.state(now, self.settings) for entry in self.routing_table.entries())
+        stats = self.storage.stats(now)
+        external = self.external_addr
         return {
             "node_id": self._id_bytes.hex(),
             "uptime": round(now - self.started, 3),
-            "external_addr": f"{self.external_addr[0]}:{self.external_addr[1]}" if self.external_addr else None,
+            "external_addr": f"{external[0]}:{external[1]}" if external else None,
             "routing_table": {
                 "nodes": len(self.routing_table),
-                "good": states.get(NodeState.GOOD.name.lower(), 0),
-                "questionable": states.get(NodeState.QUESTIONABLE.name.lower(), 0),
-                "bad": states.get(NodeState.BAD.name.lower(), 0),
+                "good": states[NodeState.GOOD],
+                "questionable": states[NodeState.QUESTIONABLE],
+                "bad": states[NodeState.BAD],
                 "buckets": self.routing_table.bucket_count,
                 "replacements": self.routing_table.replacement_count,
             },
-            "peer_store": {
-                "info_hashes": self.peer_store.info_hash_count,
-                "peers": self.peer_store.peer_count,
+            "storage": {
+                "info_hashes": stats.info_hashes,
+                "peers": stats.peers,
+                "items": stats.items,
+                "item_bytes": stats.item_bytes,
+                "own_items": len(self._own_items),
+                "own_announces": len(self._own_announces),
             },
             "rpc_in_flight": self.rpc.in_flight,
-            "lookups_active": len(self._active_lookups),
+            "lookups_active": len(self.active_lookups),
             "counters": grouped(self.counters),
         }
 
 
-class _Handler:
-    """Base for the node's RPC handlers: failures always reach the routing table."""
+class _HandOver(Handler):
+    """get (for a token and the newcomer's seq), then put the item if the newcomer lacks it."""
 
-    def __init__(self, node: NodeCore) -> None:
-        self.node = node
-
-    def rpc_response(self, txn: Transaction, response: Response, now: float) -> None:
-        pass
-
-    def rpc_error(self, txn: Transaction, error: ErrorReply, now: float) -> None:
-        pass
-
-    def rpc_timeout(self, txn: Transaction, now: float) -> None:
-        self.node.note_failure(txn, now)
-
-    def rpc_slow(self, txn: Transaction, now: float) -> None:
-        pass
-
-
-class _MaintenancePing(_Handler):
-    """A ping whose only purpose is the routing-table bookkeeping the node does on every reply."""
-
-
-class _PingOp(_Handler):
-    def __init__(self, node: NodeCore, addr: Addr, done: Callable[[PingResult], None]) -> None:
+    def __init__(self, node: NodeCore, item: Item) -> None:
         super().__init__(node)
-        self.addr = addr
-        self.done = done
+        self.item = item
+        self.newcomer: NodeInfo | None = None
 
-    def start(self, now: float) -> None:
-        entry_id = None
-        if self.node.send_query(self.addr, entry_id, Ping(), self, now) is None:
-            self.done(PingResult(self.addr, ok=False, error="too many requests in flight"))
-
-    def rpc_response(self, txn: Transaction, response: Response, now: float) -> None:
-        self.done(PingResult(self.addr, ok=True, node_id=txn.node_id, rtt=now - txn.sent_at))
-
-    def rpc_error(self, txn: Transaction, error: ErrorReply, now: float) -> None:
-        self.done(PingResult(self.addr, ok=False, rtt=now - txn.sent_at,
-                             error=f"error {error.code}: {error.message}"))
-
-    def rpc_timeout(self, txn: Transaction, now: float) -> None:
-        super().rpc_timeout(txn, now)
-        self.done(PingResult(self.addr, ok=False, error="timeout"))
-
-
-class _LookupOp(_Handler):
-    """Drives one `Lookup` over the network: find_node, or get_peers when `info_hash` is set."""
-
-    def __init__(
-        self,
-        node: NodeCore,
-        target: int,
-        info_hash: bytes | None,
-        seeds: list[NodeInfo],
-        now: float,
-        on_finish: Callable[[_LookupOp, float], None],
-    ) -> None:
-        super().__init__(node)
-        self.target = target
-        self.info_hash = info_hash
-        self.lookup = Lookup(target, node.settings, seeds, now, exclude=node.node_id)
-        self.on_finish = on_finish
-        self.peers: dict[Addr, None] = {}
-        if info_hash is not None:
-            # Peers we store ourselves count too: we may be one of the closest nodes.
-            self.peers.update(dict.fromkeys(node.peer_store.get(info_hash, now, node.settings.max_peers_per_reply)))
-        self.tokens: dict[int, tuple[Addr, bytes]] = {}
-        self.started = now
-        self.finished_at: float | None = None
-        self.txns: set[Transaction] = set()
-        node._active_lookups.add(self)
-        node.schedule(now + node.settings.lookup_timeout, self.pump)
-
-    def _body(self) -> QueryBody:
-        if self.info_hash is None:
-            return FindNode(target=id_to_bytes(self.target))
-        return GetPeers(info_hash=self.info_hash)
-
-    def pump(self, now: float) -> None:
-        """Send what the lookup wants sent; finish once it has converged."""
-        if self.finished_at is not None:
-            return
-        for candidate in self.lookup.next_requests(now):
-            txn = self.node.send_query(candidate.addr, candidate.id, self._body(), self, now)
-            if txn is None:
-                self.lookup.on_failure(candidate, now)
-            else:
-                self.txns.add(txn)
-        if self.lookup.finished:
-            # Requests still in flight stay open: their late answers still refresh the routing table
-            # (and their timeouts still count against dead nodes); the lookup ignores them.
-            self.finished_at = now
-            self.txns.clear()
-            self.node._active_lookups.discard(self)
-            self.node.counters["lookups_done"] += 1
-            self.on_finish(self, now)
-
-    def _candidate(self, txn: Transaction) -> NodeInfo | None:
-        self.txns.discard(txn)
-        if self.finished_at is not None or txn.node_id is None:
-            return None
-        return NodeInfo(txn.node_id, txn.addr)
+    def start(self, newcomer: NodeInfo, now: float) -> None:
+        self.newcomer = newcomer
+        self.node.send_query(newcomer.addr, newcomer.id, Get(target=self.item.target), self, now)
 
     def rpc_response(self, txn: Transaction, response: Response, now: float) -> None:
-        node = self._candidate(txn)
-        if node is None:
+        if txn.method != "get" or self.newcomer is None:
             return
         try:
-            closer = response_nodes(response)
-            if self.info_hash is not None:
-                for peer in response_peers(response):
-                    self.peers.setdefault(peer, None)
-                token = response_token(response)
-                if token is not None:
-                    self.tokens[node.id] = (node.addr, token)
-        except (KrpcError, CompactError):
-            self.node.counters["dropped.bad_response"] += 1
-            self.lookup.on_failure(node, now)
-        else:
-            self.lookup.on_response(node, closer, now)
-        self.pump(now)
-
-    def rpc_error(self, txn: Transaction, error: ErrorReply, now: float) -> None:
-        node = self._candidate(txn)
-        if node is not None:
-            self.lookup.on_failure(node, now)
-            self.pump(now)
-
-    def rpc_timeout(self, txn: Transaction, now: float) -> None:
-        super().rpc_timeout(txn, now)
-        node = self._candidate(txn)
-        if node is not None:
-            self.lookup.on_failure(node, now)
-            self.pump(now)
-
-    def rpc_slow(self, txn: Transaction, now: float) -> None:
-        if self.finished_at is None and txn.node_id is not None:
-            self.lookup.on_slow(NodeInfo(txn.node_id, txn.addr), now)
-            self.pump(now)
-
-    def lookup_result(self) -> LookupResult:
-        end = self.finished_at if self.finished_at is not None else self.started
-        return LookupResult(
-            target=self.target,
-            closest=self.lookup.result(),
-            queried=self.lookup.queried,
-            responded=self.lookup.responded,
-            failed=self.lookup.failed,
-            duration=end - self.started,
-            timed_out=self.lookup.timed_out,
-        )
-
-    def get_peers_result(self) -> GetPeersResult:
-        assert self.info_hash is not None
-        result = self.lookup_result()
-        tokens = {self.tokens[n.id][0]: self.tokens[n.id][1] for n in result.closest if n.id in self.tokens}
-        return GetPeersResult(info_hash=self.info_hash, peers=list(self.peers), lookup=result, tokens=tokens)
-
-
-class _AnnounceOp(_Handler):
-    """announce_peer to every closest node that gave a token; reports how many stored it."""
-
-    def __init__(
-        self, node: NodeCore, found: GetPeersResult, port: int | None, done: Callable[[AnnounceResult], None]
-    ) -> None:
-        super().__init__(node)
-        self.found = found
-        self.port = port
-        self.done = done
-        self.pending = 0
-        self.stored = 0
-        self.attempted = 0
-
-    def start(self, now: float) -> None:
-        ids = {n.addr: n.id for n in self.found.lookup.closest}
-        for addr, token in self.found.tokens.items():
-            body = AnnouncePeer(info_hash=self.found.info_hash, port=self.port or 0, token=token,
-                                implied_port=self.port is None)
-            if self.node.send_query(addr, ids.get(addr), body, self, now) is not None:
-                self.pending += 1
-                self.attempted += 1
-        self._maybe_done()
-
-    def _settle(self, stored: bool) -> None:
-        self.pending -= 1
-        self.stored += stored
-        self._maybe_done()
-
-    def _maybe_done(self) -> None:
-        if self.pending == 0:
-            self.done(AnnounceResult(info_hash=self.found.info_hash, port=self.port, stored_at=self.stored,
-                                     attempted=self.attempted, peers=self.found.peers))
-
-    def rpc_response(self, txn: Transaction, response: Response, now: float) -> None:
-        self._settle(True)
-
-    def rpc_error(self, txn: Transaction, error: ErrorReply, now: float) -> None:
-        self._settle(False)
-
-    def rpc_timeout(self, txn: Transaction, now: float) -> None:
-        super().rpc_timeout(txn, now)
-        self._settle(False)
-
-
-class _BootstrapOp(_Handler):
-    """find_node(own ID) to every seed (their IDs are unknown), then a self-lookup through the table."""
-
-    def __init__(self, node: NodeCore, seeds: list[Addr], done: Callable[[BootstrapResult], None]) -> None:
-        super().__init__(node)
-        self.seeds = list(dict.fromkeys(seeds))
-        self.done = done
-        self.pending = 0
-        self.answered = 0
-        self.candidates: dict[int, NodeInfo] = {}
-
-    def start(self, now: float) -> None:
-        body = FindNode(target=id_to_bytes(self.node.node_id))
-        for addr in self.seeds:
-            if self.node.send_query(addr, None, body, self, now) is not None:
-                self.pending += 1
-        if self.pending == 0:
-            self._seeds_done(now)
-
-    def rpc_response(self, txn: Transaction, response: Response, now: float) -> None:
-        self.answered += 1
-        try:
-            # Hearsay: candidates for the self-lookup, never table entries until they answer us.
-            for found in response_nodes(response):
-                self.candidates.setdefault(found.id, found)
-        except (KrpcError, CompactError):
-            self.node.counters["dropped.bad_response"] += 1
-        self._settled(now)
-
-    def rpc_error(self, txn: Transaction, error: ErrorReply, now: float) -> None:
-        self._settled(now)
-
-    def rpc_timeout(self, txn: Transaction, now: float) -> None:
-        super().rpc_timeout(txn, now)
-        self._settled(now)
-
-    def _settled(self, now: float) -> None:
-        self.pending -= 1
-        if self.pending == 0:
-            self._seeds_done(now)
-
-    def _seeds_done(self, now: float) -> None:
-        node = self.node
-        if len(node.routing_table) == 0 and not self.candidates:
-            self.done(BootstrapResult(len(self.seeds), self.answered, 0, None))
+            token = response_token(response)
+            held = response_item(response)
+        except KrpcError:
             return
-
-        def finished(op: _LookupOp, now: float) -> None:
-            node.fill_buckets(now)
-            self.done(BootstrapResult(len(self.seeds), self.answered, len(node.routing_table),
-                                      op.lookup_result()))
-
-        node._start_lookup(node.node_id, None, list(self.candidates.values()), now, finished)
+        newest = not isinstance(self.item, MutableItem) or (held.seq is not None and held.seq >= self.item.seq)
+        has_it = held.value is not None and newest
+        if token is None or has_it:
+            return
+        self.node.send_query(self.newcomer.addr, self.newcomer.id,
+                             NodeCore._put_body(self.item, token, None), self, now)

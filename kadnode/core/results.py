@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kadnode.storage.base import Item
 from kadnode.types import Addr, NodeInfo
 
 
@@ -61,3 +62,32 @@ class BootstrapResult:
     table_size: int
     lookup: LookupResult | None
     """The self-lookup that fills the table; None when no seed answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    """A BEP 44 get lookup: the best valid item found (highest seq for mutable items)."""
+
+    target: bytes
+    item: Item | None
+    lookup: LookupResult
+    holders: int
+    """Responders that returned the item (for a mutable item: at the returned seq)."""
+    invalid: int
+    """Responses whose item failed verification (wrong hash, bad signature): counted, never used."""
+    tokens: dict[Addr, bytes] = field(default_factory=dict)
+    """Write tokens from the closest responders, for a following put."""
+    seqs: dict[Addr, int] = field(default_factory=dict)
+    """The seq each closest responder holds for a mutable item (for cas)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """A BEP 44 put: a get lookup for tokens, then put to the k closest nodes that gave one."""
+
+    target: bytes
+    item: Item
+    stored_at: int
+    attempted: int
+    errors: dict[int, int] = field(default_factory=dict)
+    """KRPC error code -> how many nodes answered with it (e.g. 301 cas mismatch, 302 old seq)."""

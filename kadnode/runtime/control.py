@@ -9,6 +9,8 @@ talk to it, and nothing is ever exposed on the network. Each request is one line
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import dataclasses
 import enum
@@ -22,8 +24,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from kadnode.core.results import AnnounceResult, GetPeersResult, LookupResult, PingResult
+from kadnode.client import format_item_address, parse_item_address
+from kadnode.core.bep44 import mutable_target
+from kadnode.core.results import AnnounceResult, GetPeersResult, GetResult, LookupResult, PingResult, PutResult
+from kadnode.settings import Settings
+from kadnode.storage.base import Item, MutableItem, StorageError
 from kadnode.types import Addr, NodeInfo
+from kadnode.wire.bencode import Bencodable, BencodeError, bdecode
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,10 @@ MAX_UNIX_PATH = 107
 ID_KEYS = frozenset({"id", "node_id", "target"})
 """Integer fields with these names are 160-bit IDs and travel as 40-char hex."""
 
-COMMANDS = ("status", "routes", "ping", "lookup", "announce", "peers")
+COMMANDS = ("status", "routes", "ping", "lookup", "announce", "unannounce", "peers", "put", "get")
+MAX_VALUE_DEPTH = 32
+MAX_VALUE_ITEMS = 2000
+"""Bounds for decoding a client's pre-bencoded value (`bencoded: true`); a 1000-byte value has fewer."""
 
 
 class ControlSocketError(RuntimeError):
@@ -67,12 +77,20 @@ class ControlledNode(Protocol):
 
     @property
     def node_id(self) -> int: ...
+    @property
+    def settings(self) -> Settings: ...
     def status(self) -> dict[str, Any]: ...
     def routes(self) -> Iterable[tuple[RouteRow, str]]: ...
     async def ping(self, addr: Addr) -> PingResult: ...
     async def find_node(self, target: int) -> LookupResult: ...
     async def get_peers(self, info_hash: bytes) -> GetPeersResult: ...
-    async def announce(self, info_hash: bytes, port: int | None = None) -> AnnounceResult: ...
+    async def announce(self, info_hash: bytes, port: int | None = None, *, keep: bool = True) -> AnnounceResult: ...
+    def unannounce(self, info_hash: bytes) -> bool: ...
+    async def put(
+        self, value: Bencodable, *, salt: bytes | str = b"", immutable: bool = False, cas: int | None = None
+    ) -> PutResult: ...
+    async def get(self, target: bytes | str, *, salt: bytes | str = b"") -> GetResult: ...
+    def local_item(self, target: bytes | str, *, salt: bytes | str = b"") -> Item | None: ...
 
 
 # --- JSON conversion ---------------------------------------------------------------------------
@@ -212,12 +230,136 @@ async def _cmd_lookup(node: ControlledNode, args: Mapping[str, Any]) -> Any:
     return _lookup_json(await node.find_node(target))
 
 
+def parse_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise RequestError(f"{name} must be true or false, got {value!r:.60}")
+    return value
+
+
 async def _cmd_announce(node: ControlledNode, args: Mapping[str, Any]) -> Any:
-    _check_args(args, ("info_hash",), ("port",))
+    _check_args(args, ("info_hash",), ("port", "keep"))
     info_hash = parse_hex20(args["info_hash"], "info_hash")
     port = args.get("port")
     port = None if port is None else parse_port(port)
-    return to_json(await node.announce(info_hash, port))
+    keep = parse_bool(args.get("keep", True), "keep")
+    out: dict[str, Any] = to_json(await node.announce(info_hash, port, keep=keep))
+    out["reannounce_interval"] = node.settings.announce_interval if keep else None
+    return out
+
+
+async def _cmd_unannounce(node: ControlledNode, args: Mapping[str, Any]) -> Any:
+    _check_args(args, ("info_hash",))
+    info_hash = parse_hex20(args["info_hash"], "info_hash")
+    return {"info_hash": info_hash.hex(), "was_announced": node.unannounce(info_hash)}
+
+
+def _value_bytes(args: Mapping[str, Any]) -> bytes:
+    """`value` (text, sent as its UTF-8 bytes) or `value_b64` (any bytes, base64): exactly one."""
+    if ("value" in args) == ("value_b64" in args):
+        raise RequestError("give exactly one of value (UTF-8 text) and value_b64 (base64 bytes)")
+    if "value" in args:
+        if not isinstance(args["value"], str):
+            raise RequestError(f"value must be a string (use value_b64 for bytes), got {args['value']!r:.60}")
+        return str(args["value"]).encode()
+    text = args["value_b64"]
+    if not isinstance(text, str):
+        raise RequestError(f"value_b64 must be a base64 string, got {text!r:.60}")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(f"value_b64 is not valid base64: {text!r:.60}") from None
+
+
+def item_json(item: Item) -> dict[str, Any]:
+    """An item for clients: the bencoded value as base64 (exact bytes), keys and hashes as hex."""
+    out: dict[str, Any] = {
+        "kind": "mutable" if isinstance(item, MutableItem) else "immutable",
+        "target": item.target.hex(),
+        "value_b64": base64.b64encode(item.value).decode(),
+        "size": len(item.value),
+    }
+    if isinstance(item, MutableItem):
+        out.update(
+            seq=item.seq,
+            public_key=item.public_key.hex(),
+            salt_b64=base64.b64encode(item.salt).decode(),
+            signature=item.signature.hex(),
+            address=format_item_address(item.public_key, item.salt),
+        )
+    return out
+
+
+async def _cmd_put(node: ControlledNode, args: Mapping[str, Any]) -> Any:
+    _check_args(args, (), ("value", "value_b64", "name", "immutable", "bencoded", "cas"))
+    raw = _value_bytes(args)
+    immutable = parse_bool(args.get("immutable", False), "immutable")
+    name = args.get("name")
+    if name is not None and not isinstance(name, str):
+        raise RequestError(f"name must be a string, got {name!r:.60}")
+    if immutable and name is not None:
+        raise RequestError("an immutable item has no name: its target is the hash of its value")
+    cas = args.get("cas")
+    if cas is not None and (isinstance(cas, bool) or not isinstance(cas, int)):
+        raise RequestError(f"cas must be an integer seq, got {cas!r:.60}")
+    value: Bencodable = raw
+    if parse_bool(args.get("bencoded", False), "bencoded"):
+        try:
+            value = bdecode(raw, max_depth=MAX_VALUE_DEPTH, max_items=MAX_VALUE_ITEMS)
+        except BencodeError as exc:
+            raise RequestError(f"the value is not valid bencode ({exc})") from None
+    try:
+        result = await node.put(value, salt=name or b"", immutable=immutable, cas=cas)
+    except ValueError as exc:  # too large, bad salt, no key: said before anything was sent
+        raise RequestError(str(exc)) from None
+    except StorageError as exc:  # e.g. the disk is full: nothing was acknowledged
+        raise RequestError(f"the daemon cannot store the item: {exc}") from None
+    return {
+        **item_json(result.item),
+        "stored_at": result.stored_at,
+        "attempted": result.attempted,
+        "errors": {str(code): count for code, count in sorted(result.errors.items())},
+    }
+
+
+async def _cmd_get(node: ControlledNode, args: Mapping[str, Any]) -> Any:
+    _check_args(args, ("target",), ("salt", "local"))
+    target = args["target"]
+    salt = args.get("salt", "")
+    if not isinstance(target, str):
+        raise RequestError(f"target must be a string, got {target!r:.60}")
+    if not isinstance(salt, str):
+        raise RequestError(f"salt must be a string, got {salt!r:.60}")
+    local = parse_bool(args.get("local", False), "local")
+    try:
+        address = parse_item_address(target)
+        if local:
+            item = node.local_item(target, salt=salt)
+        else:
+            result = await node.get(target, salt=salt)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    if local:
+        if address.target is not None:
+            target_bytes = address.target
+        else:
+            assert address.public_key is not None
+            target_bytes = mutable_target(address.public_key, address.salt or salt.encode())
+        return {
+            "target": target_bytes.hex(), "found": item is not None, "local": True,
+            "item": item_json(item) if item is not None else None,
+            "holders": 0, "invalid": 0, "queried": 0, "nodes_answered": 0, "duration": 0.0,
+        }
+    return {
+        "target": result.target.hex(),
+        "found": result.item is not None,
+        "local": False,
+        "item": item_json(result.item) if result.item is not None else None,
+        "holders": result.holders,
+        "invalid": result.invalid,
+        "queried": result.lookup.queried,
+        "nodes_answered": result.lookup.responded,
+        "duration": result.lookup.duration,
+    }
 
 
 async def _cmd_peers(node: ControlledNode, args: Mapping[str, Any]) -> Any:
@@ -236,7 +378,10 @@ HANDLERS: dict[str, Handler] = {
     "ping": _cmd_ping,
     "lookup": _cmd_lookup,
     "announce": _cmd_announce,
+    "unannounce": _cmd_unannounce,
     "peers": _cmd_peers,
+    "put": _cmd_put,
+    "get": _cmd_get,
 }
 
 

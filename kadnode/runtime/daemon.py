@@ -120,6 +120,8 @@ async def run_daemon(
             "node %040x listening on %s:%d (data in %s)", node.node_id, host, port, config.data_dir,
             extra={"node_id": f"{node.node_id:040x}", "addr": f"{host}:{port}"},
         )
+        if node.identity is not None:
+            log.info("mutable items are signed with public key %s", node.identity.public_key.hex())
         if node.saved_routes:
             log.info("warm start: %d nodes saved from the last run", len(node.saved_routes))
         signals = _install_signal_handlers(stop)

@@ -2,12 +2,15 @@
 
 Users of other DHTs lose their routing tables (and so their place in the network) on every restart
 (design notes §5). One small database per data directory keeps the identity and the last known good
-nodes; issue 3 adds item storage to the same file, hence the versioned schema and `_MIGRATIONS`.
+nodes; version 2 adds what `kadnode.storage.sqlite.SqliteStorage` keeps (peers, BEP 44 items, what
+this node originated) to the same file, so that one file is the whole node to back up or move.
+`open_database` is the one way either of them opens it: private modes, WAL, migrated.
 
 Durability choice: WAL with ``synchronous=NORMAL``. A commit then never waits for fsync (the event loop
 thread does these writes), survives a crash of the process, and after a power loss at worst rolls back
 the latest snapshot, which costs nothing but a slightly older routing table. FULL would fsync the WAL
-on every periodic save for no gain in what we can recover.
+on every periodic save for no gain in what we can recover. (SqliteStorage relies on the same mode for
+its per-write commits; its docstring cites SQLite's documentation on why a kill -9 loses nothing.)
 """
 
 from __future__ import annotations
@@ -30,13 +33,31 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 ID_BYTES = 20
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # version -> statements that bring a database at version-1 to version; append, never edit.
     1: (
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)",
         "CREATE TABLE IF NOT EXISTS routes ("
         " node_id BLOB PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL, last_seen REAL NOT NULL)",
+    ),
+    # Storage (kadnode.storage.sqlite). expires_at is wall-clock seconds (time.time()); the expiry
+    # indices keep sweeps and "soonest-expiring peer of this info-hash" from scanning the tables.
+    2: (
+        "CREATE TABLE IF NOT EXISTS peers ("
+        " info_hash BLOB NOT NULL, host TEXT NOT NULL, port INTEGER NOT NULL, seed INTEGER NOT NULL,"
+        " expires_at REAL NOT NULL, PRIMARY KEY (info_hash, host, port)) WITHOUT ROWID",
+        "CREATE INDEX IF NOT EXISTS peers_by_expiry ON peers (expires_at)",
+        "CREATE INDEX IF NOT EXISTS peers_by_info_hash_expiry ON peers (info_hash, expires_at)",
+        "CREATE TABLE IF NOT EXISTS items ("
+        " target BLOB PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('immutable', 'mutable')),"
+        " public_key BLOB, salt BLOB, seq INTEGER, signature BLOB, value BLOB NOT NULL,"
+        " source_ip TEXT NOT NULL, expires_at REAL NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS items_by_expiry ON items (expires_at)",
+        "CREATE TABLE IF NOT EXISTS own_items ("
+        " target BLOB PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('immutable', 'mutable')),"
+        " public_key BLOB, salt BLOB, seq INTEGER, signature BLOB, value BLOB NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS own_announces (info_hash BLOB PRIMARY KEY, port INTEGER)",
     ),
 }
 
@@ -61,6 +82,33 @@ def _touch_private(path: Path) -> None:
     """Create `path` with mode 0600 if missing; SQLite copies the mode to its -wal and -shm files."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     os.close(fd)
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (creating it 0600, its directory 0700, if missing) the database at `path`: WAL, NORMAL,
+    autocommit (callers open their own transactions), migrated to SCHEMA_VERSION.
+
+    Several connections of one process may share the file (the state store and the storage each hold
+    one); the directory lock taken by `StateStore.open` keeps other processes out.
+    """
+    path = Path(path).expanduser()
+    _ensure_dir(path.parent)
+    conn: sqlite3.Connection | None = None
+    try:
+        _touch_private(path)
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        _migrate(conn)
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        raise StateError(f"cannot use state database {path}: {exc}") from exc
+    except BaseException:
+        if conn is not None:
+            conn.close()
+        raise
+    return conn
 
 
 def _valid_ipv4(host: str) -> bool:
@@ -95,22 +143,9 @@ class StateStore:
                 f"data directory {data_dir} is in use by another kadnode process; "
                 "give each node its own --data-dir"
             ) from None
-        db_path = data_dir / DB_NAME
-        conn: sqlite3.Connection | None = None
         try:
-            _touch_private(db_path)
-            conn = sqlite3.connect(db_path, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            _migrate(conn)
-        except sqlite3.Error as exc:
-            if conn is not None:
-                conn.close()
-            os.close(lock_fd)
-            raise StateError(f"cannot use state database {db_path}: {exc}") from exc
+            conn = open_database(data_dir / DB_NAME)
         except BaseException:
-            if conn is not None:
-                conn.close()
             os.close(lock_fd)
             raise
         return cls(data_dir, conn, lock_fd)
@@ -225,24 +260,32 @@ def _schema_version(conn: sqlite3.Connection) -> int:
 
 
 def _migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to SCHEMA_VERSION, one version per transaction; returns the version found."""
+    """Bring the schema to SCHEMA_VERSION, one version per transaction; returns the version found.
+
+    Each step re-reads the version inside its write transaction, so two connections opening the same
+    file at once never run a step twice.
+    """
     target = SCHEMA_VERSION
     found = _schema_version(conn)
-    if found > target:
-        raise StateError(
-            f"database schema version {found} is newer than this kadnode supports ({target}); "
-            "upgrade kadnode or use another --data-dir"
-        )
-    for version in range(found + 1, target + 1):
+    while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _MIGRATIONS[version]:
+            current = _schema_version(conn)
+            if current > target:
+                raise StateError(
+                    f"database schema version {current} is newer than this kadnode supports ({target}); "
+                    "upgrade kadnode or use another --data-dir"
+                )
+            if current == target:
+                conn.execute("COMMIT")
+                return found
+            for statement in _MIGRATIONS[current + 1]:
                 conn.execute(statement)
             conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (version,)
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (current + 1,)
             )
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-    return found

@@ -83,6 +83,14 @@ class SimNetwork:
         self._flush(node)
         return core
 
+    def join(self, seeds: list[Addr]) -> SimNode:
+        """Add a node and start its bootstrap through `seeds` (it completes as the network runs)."""
+        core = self.add_node()
+        node = next(reversed(self.nodes.values()))
+        core.bootstrap(seeds, self.now, lambda _result: None)
+        self._flush(node)
+        return node
+
     def crash(self, addr: Addr) -> None:
         """The node goes silent at once, as a crashed host does: it neither receives nor sends."""
         self.nodes[addr].alive = False

@@ -10,13 +10,28 @@ signatures over re-encoded values (BEP 44) exact. Every rejection is a `BencodeE
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeAlias
 
 Bencoded: TypeAlias = int | bytes | list["Bencoded"] | dict[bytes, "Bencoded"]
 """What `bdecode` returns."""
 
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """Bytes that are already bencoded: `bencode` writes them verbatim, unchecked.
+
+    BEP 44 signs and hashes the `v` value exactly as it was encoded, so a message carries a stored
+    value as these bytes rather than re-encoding a decoded copy. The caller vouches that `data` is one
+    canonical bencoded value (a value that came out of `bdecode`, or went through `bencode`).
+    """
+
+    data: bytes
+
+
 Bencodable: TypeAlias = (
-    int
+    Raw
+    | int
     | bytes
     | bytearray
     | str
@@ -182,14 +197,19 @@ def _close_dict(frame: list[Bencoded]) -> dict[bytes, Bencoded]:
 
 
 def bencode(value: Bencodable) -> bytes:
-    """Encode `value` canonically (dict keys sorted as bytes); unsupported types raise TypeError."""
+    """Encode `value` canonically (dict keys sorted as bytes); unsupported types raise TypeError.
+
+    A `Raw` anywhere in `value` is copied verbatim (it is already bencoded).
+    """
     out: list[bytes] = []
     _encode(value, out)
     return b"".join(out)
 
 
 def _encode(value: object, out: list[bytes]) -> None:
-    if isinstance(value, bytes | bytearray | memoryview):
+    if isinstance(value, Raw):
+        out.append(value.data)
+    elif isinstance(value, bytes | bytearray | memoryview):
         raw = bytes(value)
         out.append(b"%d:" % len(raw))
         out.append(raw)

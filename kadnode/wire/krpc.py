@@ -1,4 +1,4 @@
-"""Typed KRPC messages (BEP 5, with BEP 42 `ip` and BEP 43 `ro`).
+"""Typed KRPC messages (BEP 5, with BEP 42 `ip`, BEP 43 `ro` and BEP 44 `get`/`put`).
 
 `decode_message` turns a datagram into a frozen value or raises `KrpcError`; it never raises anything
 else, whatever the bytes. The error carries the transaction id whenever it could be read, so the node
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from kadnode.types import Addr, NodeInfo
-from kadnode.wire.bencode import Bencoded, BencodeError, bdecode, bencode
+from kadnode.wire.bencode import Bencoded, BencodeError, Raw, bdecode, bencode
 from kadnode.wire.compact import CompactError, decode_nodes, decode_peer, encode_peer
 
 GENERIC_ERROR = 201
@@ -23,7 +23,12 @@ METHOD_UNKNOWN = 204
 MAX_TID_LEN = 16
 """Longest transaction id accepted. BEP 5 suggests 2 bytes; some clients use 4 or 8."""
 
+MAX_SEQ = 2**63 - 1
+"""Largest BEP 44 sequence number (MAX_INT64); negative ones are refused too, as the BEP allows."""
+
 _ID_LEN = 20
+_KEY_LEN = 32  # ed25519 public key
+_SIG_LEN = 64  # ed25519 signature
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +70,37 @@ class UnknownMethod:
     """The 20-byte `target` argument, else the 20-byte `info_hash`, else None."""
 
 
-QueryBody = Ping | FindNode | GetPeers | AnnouncePeer | UnknownMethod
+@dataclass(frozen=True, slots=True)
+class Get:
+    """BEP 44 get: an item by target (SHA-1 of an immutable value, or of a public key and salt)."""
+
+    method: ClassVar[bytes] = b"get"
+    target: bytes
+    seq: int | None = None
+    """Only send the item's value if its seq is greater than this."""
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """BEP 44 put; a `public_key` makes it mutable (then `seq` and `signature` are always set).
+
+    `value` is the bencoded `v` exactly as received: BEP 44 hashes and signs those bytes. The decoder
+    is canonical, so re-encoding the decoded `v` gives back precisely the bytes that were on the wire.
+    The encoder writes `value` verbatim, unchecked: it must be one canonical bencoded value.
+    Salt, seq and signature on an immutable put are kept as sent; the core ignores them.
+    """
+
+    method: ClassVar[bytes] = b"put"
+    token: bytes
+    value: bytes
+    public_key: bytes | None = None
+    salt: bytes = b""
+    seq: int | None = None
+    signature: bytes | None = None
+    cas: int | None = None
+
+
+QueryBody = Ping | FindNode | GetPeers | AnnouncePeer | Get | Put | UnknownMethod
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +251,10 @@ def _decode_query(env: _Envelope, msg: dict[bytes, Bencoded], tid: bytes, versio
         )
     elif method == b"announce_peer":
         body = _decode_announce(env, args)
+    elif method == b"get":
+        body = Get(env.get_id20(args, b"target", "bad_target"), _optional_int(env, args, b"seq", "bad_seq"))
+    elif method == b"put":
+        body = _decode_put(env, args)
     else:
         target = args.get(b"target")
         if type(target) is not bytes or len(target) != _ID_LEN:
@@ -243,6 +282,43 @@ def _decode_announce(env: _Envelope, args: dict[bytes, Bencoded]) -> AnnouncePee
     else:
         raise env.error("bad_port", "'port' must be an integer in 0..65535")
     return AnnouncePeer(info_hash, port, token, implied, env.get_flag(args, b"seed"))
+
+
+def _optional_int(env: _Envelope, args: dict[bytes, Bencoded], key: bytes, reason: str) -> int | None:
+    value = args.get(key)
+    if value is None or type(value) is int:
+        return value
+    raise env.error(reason, f"'{key.decode()}' must be an integer")
+
+
+def _optional_bytes(
+    env: _Envelope, args: dict[bytes, Bencoded], key: bytes, reason: str, length: int | None = None
+) -> bytes | None:
+    value = args.get(key)
+    if value is None:
+        return None
+    if type(value) is not bytes or (length is not None and len(value) != length):
+        size = "a string" if length is None else f"a {length}-byte string"
+        raise env.error(reason, f"'{key.decode()}' must be {size}")
+    return value
+
+
+def _decode_put(env: _Envelope, args: dict[bytes, Bencoded]) -> Put:
+    """Types and lengths only: sizes, the signature, token and seq order are the core's business."""
+    token = env.get(args, b"token")
+    if type(token) is not bytes:
+        raise env.error("bad_token", "'token' must be a string")
+    value = bencode(env.get(args, b"v"))  # exact: see Put
+    public_key = _optional_bytes(env, args, b"k", "bad_key", _KEY_LEN)
+    salt = _optional_bytes(env, args, b"salt", "bad_salt")
+    seq = _optional_int(env, args, b"seq", "bad_seq")
+    if seq is not None and not 0 <= seq <= MAX_SEQ:
+        raise env.error("bad_seq", f"'seq' must be in 0..{MAX_SEQ}")
+    signature = _optional_bytes(env, args, b"sig", "bad_signature", _SIG_LEN)
+    cas = _optional_int(env, args, b"cas", "bad_cas")
+    if public_key is not None and (seq is None or signature is None):
+        raise env.error("missing_field", "a mutable put ('k') needs 'seq' and 'sig'")
+    return Put(token, value, public_key, salt or b"", seq, signature, cas)
 
 
 def _decode_response(
@@ -307,9 +383,24 @@ def _query_args(query: Query) -> dict[bytes, Any]:
             args[b"implied_port"] = 1
         if body.seed:
             args[b"seed"] = 1
+    elif isinstance(body, Get):
+        args[b"target"] = body.target
+        if body.seq is not None:
+            args[b"seq"] = body.seq
+    elif isinstance(body, Put):
+        _put_args(body, args)
     elif isinstance(body, UnknownMethod) and body.target is not None:
         args[b"target"] = body.target
     return args
+
+
+def _put_args(body: Put, args: dict[bytes, Any]) -> None:
+    args[b"token"] = body.token
+    args[b"v"] = Raw(body.value)
+    optional = {b"k": body.public_key, b"seq": body.seq, b"sig": body.signature, b"cas": body.cas}
+    args.update((key, value) for key, value in optional.items() if value is not None)
+    if body.salt:
+        args[b"salt"] = body.salt
 
 
 def _bad_value(resp: Response, reason: str, message: str) -> KrpcError:
@@ -347,3 +438,32 @@ def response_token(resp: Response) -> bytes | None:
     if type(raw) is not bytes:
         raise _bad_value(resp, "bad_token", "'token' must be a string")
     return raw
+
+
+@dataclass(frozen=True, slots=True)
+class ItemReply:
+    """The BEP 44 item fields of a get response, checked for type and length but not authenticated."""
+
+    value: bytes | None
+    """The bencoded `v`, byte for byte as received; None when absent."""
+    public_key: bytes | None
+    seq: int | None
+    signature: bytes | None
+
+
+def response_item(resp: Response) -> ItemReply:
+    """The item in a get response. A `seq` alone means "I hold that seq, no newer than you asked"."""
+    values = resp.values
+    raw_value = values.get(b"v")
+    # A decoded `v` re-encodes to exactly the received bytes (canonical decoder); a Raw stays verbatim.
+    value = None if raw_value is None else bencode(raw_value)
+    public_key = values.get(b"k")
+    if public_key is not None and (type(public_key) is not bytes or len(public_key) != _KEY_LEN):
+        raise _bad_value(resp, "bad_key", f"'k' must be a {_KEY_LEN}-byte string")
+    seq = values.get(b"seq")
+    if seq is not None and (type(seq) is not int or not 0 <= seq <= MAX_SEQ):
+        raise _bad_value(resp, "bad_seq", f"'seq' must be an integer in 0..{MAX_SEQ}")
+    signature = values.get(b"sig")
+    if signature is not None and (type(signature) is not bytes or len(signature) != _SIG_LEN):
+        raise _bad_value(resp, "bad_signature", f"'sig' must be a {_SIG_LEN}-byte string")
+    return ItemReply(value, public_key, seq, signature)

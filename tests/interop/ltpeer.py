@@ -12,19 +12,29 @@ two threads at once (a lock enforces it).
 
 Alert objects are views into libtorrent's memory that die at the next ``pop_alerts()``; every field
 needed is copied into plain Python values as soon as an alert is popped, and no alert is kept.
+
+BEP 44 items: libtorrent's bindings have no ed25519 helpers, so the few BEP 44 rules a test needs to
+judge what libtorrent returns (the signing buffer, libtorrent's expanded secret key) are written here
+again, on purpose independently of ``kadnode.core.bep44``: this module is the oracle kadnode is checked
+against, and must not share its mistakes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, cast
 
 import libtorrent as lt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from kadnode.types import Addr
 from kadnode.wire.bencode import bencode
@@ -35,7 +45,7 @@ _CATEGORY = lt.alert.category_t
 ALERT_MASK = (
     _CATEGORY.status_notification  # listen_succeeded / listen_failed
     | _CATEGORY.error_notification
-    | _CATEGORY.dht_notification  # incoming announce_peer (dht_announce_alert)
+    | _CATEGORY.dht_notification  # incoming announce_peer, BEP 44 put and item alerts
     | _CATEGORY.dht_operation_notification  # dht_get_peers_reply_alert
 )
 """dht_stats_alert and dht_live_nodes_alert are posted whatever the mask says."""
@@ -111,6 +121,88 @@ def loopback_only_filter() -> lt.ip_filter:
     return ip_filter
 
 
+# --- BEP 44, independently of kadnode ------------------------------------------------------------
+
+SEED_LEN = 32
+EXPANDED_SECRET_LEN = 64
+PUBLIC_KEY_LEN = 32
+
+
+def ed25519_public_key(seed: bytes) -> bytes:
+    """The RFC 8032 public key of a 32-byte ed25519 seed."""
+    if len(seed) != SEED_LEN:
+        raise ValueError(f"an ed25519 seed is {SEED_LEN} bytes")
+    return Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+
+
+def expanded_secret(seed: bytes) -> bytes:
+    """The 64-byte secret key ``dht_put_mutable_item`` wants: SHA-512 of the seed, scalar half clamped.
+
+    libtorrent embeds orlp/ed25519, which keeps keys in this form; handing it the bare seed signs with
+    a different scalar, and every node then refuses the item's signature.
+    """
+    if len(seed) != SEED_LEN:
+        raise ValueError(f"an ed25519 seed is {SEED_LEN} bytes")
+    expanded = bytearray(hashlib.sha512(seed).digest())
+    expanded[0] &= 0xF8
+    expanded[31] &= 0x3F
+    expanded[31] |= 0x40
+    return bytes(expanded)
+
+
+def signing_buffer(salt: bytes, seq: int, value: bytes) -> bytes:
+    """BEP 44: what a mutable item's signature covers (``4:salt..`` only for a non-empty salt)."""
+    salted = b"4:salt" + str(len(salt)).encode() + b":" + salt if salt else b""
+    return salted + b"3:seqi" + str(seq).encode() + b"e1:v" + value
+
+
+def signature_valid(public_key: bytes, signature: bytes, salt: bytes, seq: int, value: bytes) -> bool:
+    """Whether ``signature`` is the key's ed25519 signature of the item (``value`` = bencoded ``v``)."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, signing_buffer(salt, seq, value))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class LtImmutablePut:
+    """libtorrent's report of an immutable put (``dht_put_alert``)."""
+
+    target: bytes
+    """The target libtorrent computed (SHA-1 of the value as it bencodes it)."""
+    value: bytes
+    """The bencoded ``v`` (libtorrent's encoding of the entry it was given)."""
+    num_success: int
+    """Nodes that acknowledged the put."""
+
+
+@dataclass(frozen=True, slots=True)
+class LtMutablePut:
+    """libtorrent's report of a mutable put (``dht_put_alert``); the alert carries no target."""
+
+    public_key: bytes
+    salt: bytes
+    seq: int
+    """Chosen by libtorrent: one more than the highest seq its lookup found (1 when none)."""
+    signature: bytes
+    value: bytes
+    """The bencoded ``v``: the bindings put a byte string, so this is ``<len>:<bytes>``."""
+    num_success: int
+
+
+@dataclass(frozen=True, slots=True)
+class LtMutableItem:
+    """A mutable item libtorrent's get found (the authoritative answer), its signature checked here."""
+
+    public_key: bytes
+    salt: bytes
+    seq: int
+    signature: bytes
+    value: bytes
+    """The bencoded ``v``."""
+
+
 class LibtorrentDhtPeer:
     """One libtorrent session that runs only the DHT, on ``host:port`` in 127.0.0.0/8.
 
@@ -140,6 +232,11 @@ class LibtorrentDhtPeer:
         self._live_nodes: list[tuple[bytes, Addr]] = []
         self._peers_found: dict[bytes, list[Addr]] = {}
         self._announces_in: list[tuple[bytes, Addr]] = []
+        # BEP 44: results keyed by target, or by (public key, salt) for mutable items.
+        self._immutable_puts: dict[bytes, int] = {}  # target -> num_success
+        self._mutable_puts: dict[tuple[bytes, bytes], tuple[int, bytes, int]] = {}  # seq, sig, num_success
+        self._immutable_items: dict[bytes, bytes | None] = {}
+        self._mutable_items: dict[tuple[bytes, bytes], LtMutableItem | None] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -161,7 +258,8 @@ class LibtorrentDhtPeer:
                 if not self._wait(lambda: self._listening or self._listen_error is not None, timeout):
                     raise TimeoutError(f"libtorrent did not listen on {self.host}:{self.port}")
                 if self._listen_error is not None:
-                    raise OSError(f"libtorrent cannot listen on {self.host}:{self.port}: {self._listen_error}")
+                    where = f"{self.host}:{self.port}"
+                    raise OSError(f"libtorrent cannot listen on {where}: {self._listen_error}")
                 self._session.apply_settings({"enable_dht": True})
                 if not self._wait(lambda: self._read_node_id() is not None, timeout):
                     raise TimeoutError("libtorrent's DHT did not start")
@@ -286,6 +384,90 @@ class LibtorrentDhtPeer:
                 self._pump(0)
             return list(self._announces_in)
 
+    # --- BEP 44 items ------------------------------------------------------------------------
+
+    def put_immutable(self, value: object, timeout: float = 10) -> LtImmutablePut:
+        """``dht_put_immutable_item``: a get lookup for tokens, then put to the closest nodes.
+
+        ``value`` is any entry libtorrent's converter takes (bytes, int, list, dict with bytes keys);
+        libtorrent encodes it itself. Returns once ``dht_put_alert`` reports the put done.
+        """
+        with self._lock:
+            session = self._running()
+            self._pump(0)
+            # The stubs' entry type is private; libtorrent's converter raises TypeError for anything else.
+            target = bytes(session.dht_put_immutable_item(cast(Any, value)).to_bytes())
+            self._immutable_puts.pop(target, None)
+            if not self._wait(lambda: target in self._immutable_puts, timeout):
+                raise TimeoutError(f"libtorrent's put of immutable item {target.hex()} did not finish")
+            num_success = self._immutable_puts.pop(target)
+            return LtImmutablePut(target, lt.bencode(cast(Any, value)), num_success)
+
+    def put_mutable(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        salt: bytes = b"",
+        public_key: bytes | None = None,
+        timeout: float = 10,
+    ) -> LtMutablePut:
+        """``dht_put_mutable_item``: libtorrent looks the item up, signs ``value`` with seq one above the
+        highest it found, and puts it to the closest nodes that gave tokens.
+
+        ``key`` is a 32-byte ed25519 seed, or libtorrent's 64-byte expanded secret with its
+        ``public_key``. ``value`` is a byte string: the bindings put nothing else, and choose the seq
+        themselves (no way to pass one).
+        """
+        secret, pk = _signing_pair(key, public_key)
+        wanted = (pk, bytes(salt))
+        with self._lock:
+            session = self._running()
+            self._pump(0)
+            self._mutable_puts.pop(wanted, None)
+            session.dht_put_mutable_item(secret, pk, bytes(value), bytes(salt))
+            if not self._wait(lambda: wanted in self._mutable_puts, timeout):
+                raise TimeoutError(f"libtorrent's put of mutable item {pk.hex()}/{salt!r} did not finish")
+            seq, signature, num_success = self._mutable_puts.pop(wanted)
+            return LtMutablePut(pk, bytes(salt), seq, signature, lt.bencode(bytes(value)), num_success)
+
+    def get_immutable(self, target: bytes, timeout: float = 10) -> bytes | None:
+        """``dht_get_immutable_item``: the bencoded value, or None when the lookup found none.
+
+        libtorrent reports "nothing found" as an empty entry, so a value counts as found only if it
+        hashes to ``target`` (the one value this misreads is the empty string, ``0:``).
+        """
+        self._check_hash(target)
+        with self._lock:
+            session = self._running()
+            self._pump(0)
+            self._immutable_items.pop(target, None)
+            session.dht_get_immutable_item(lt.sha1_hash(target))
+            if not self._wait(lambda: target in self._immutable_items, timeout):
+                raise TimeoutError(f"libtorrent's get of immutable item {target.hex()} did not finish")
+            return self._immutable_items.pop(target)
+
+    def get_mutable(self, public_key: bytes, salt: bytes = b"", timeout: float = 10) -> LtMutableItem | None:
+        """``dht_get_mutable_item``: the item with the highest seq found, once libtorrent has heard from
+        the closest nodes (its authoritative alert), or None when it found none.
+
+        libtorrent reports "nothing found" as an empty entry with seq 0 and a stale signature buffer, so
+        an item counts as found only if its signature verifies (libtorrent itself stores and returns
+        only items whose signature it checked).
+        """
+        if len(public_key) != PUBLIC_KEY_LEN:
+            raise ValueError(f"an ed25519 public key is {PUBLIC_KEY_LEN} bytes")
+        wanted = (bytes(public_key), bytes(salt))
+        with self._lock:
+            session = self._running()
+            self._pump(0)
+            self._mutable_items.pop(wanted, None)
+            session.dht_get_mutable_item(wanted[0], wanted[1])
+            if not self._wait(lambda: wanted in self._mutable_items, timeout):
+                what = f"mutable item {public_key.hex()}/{salt!r}"
+                raise TimeoutError(f"libtorrent's get of {what} did not finish")
+            return self._mutable_items.pop(wanted)
+
     # --- internals ----------------------------------------------------------------------------
 
     def _running(self) -> lt.session:
@@ -374,3 +556,37 @@ class LibtorrentDhtPeer:
         elif isinstance(alert, lt.dht_announce_alert):
             peer = (str(alert.ip), int(alert.port))
             self._announces_in.append((bytes(alert.info_hash.to_bytes()), peer))
+        elif isinstance(alert, lt.dht_put_alert):
+            target = bytes(alert.target.to_bytes())
+            if any(target):  # an immutable put; a mutable one leaves the target zero
+                self._immutable_puts[target] = int(alert.num_success)
+            else:
+                key = (bytes(alert.public_key), bytes(alert.salt))
+                self._mutable_puts[key] = (int(alert.seq), bytes(alert.signature), int(alert.num_success))
+        elif isinstance(alert, lt.dht_immutable_item_alert):
+            target = bytes(alert.target.to_bytes())
+            value = _encoded(alert.item)
+            self._immutable_items[target] = value if hashlib.sha1(value).digest() == target else None
+        elif isinstance(alert, lt.dht_mutable_item_alert) and alert.authoritative:
+            public_key, salt, seq = bytes(alert.key), bytes(alert.salt), int(alert.seq)
+            signature, value = bytes(alert.signature), _encoded(alert.item)
+            valid = signature_valid(public_key, signature, salt, seq, value)
+            item = LtMutableItem(public_key, salt, seq, signature, value) if valid else None
+            self._mutable_items[(public_key, salt)] = item
+
+
+def _encoded(entry: object) -> bytes:
+    """An alert's item, bencoded by libtorrent (an absent or empty entry comes out as ``0:``)."""
+    return lt.bencode(cast(Any, b"" if entry is None else entry))
+
+
+def _signing_pair(key: bytes, public_key: bytes | None) -> tuple[bytes, bytes]:
+    """(libtorrent's 64-byte secret, the public key) from a seed, or from a secret and its public key."""
+    if len(key) == SEED_LEN:
+        derived = ed25519_public_key(key)
+        if public_key is not None and public_key != derived:
+            raise ValueError("public_key does not belong to the seed")
+        return expanded_secret(key), derived
+    if len(key) == EXPANDED_SECRET_LEN and public_key is not None and len(public_key) == PUBLIC_KEY_LEN:
+        return bytes(key), bytes(public_key)
+    raise ValueError("key must be a 32-byte seed, or a 64-byte expanded secret with a 32-byte public_key")
