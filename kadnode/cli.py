@@ -504,7 +504,7 @@ def _read_value(args: list[str], file: Path | None) -> bytes:
             raise click.UsageError("VALUE is not valid UTF-8; pass bytes with --file") from None
     try:
         if source is None or source == "-":
-            data = click.get_binary_stream("stdin").read(MAX_READ + 1)
+            data = sys.stdin.buffer.read(MAX_READ + 1)
         else:
             with open(source, "rb") as handle:
                 data = handle.read(MAX_READ + 1)
@@ -695,7 +695,7 @@ def get(target: str, local: bool, data_dir: Path, socket_path: Path | None, as_j
         return
     if isinstance(value, bytes) or value is None:
         data = value if value is not None else raw
-        out = click.get_binary_stream("stdout")
+        out = sys.stdout.buffer
         out.write(data)
         if sys.stdout.isatty() and not data.endswith(b"\n"):
             out.write(b"\n")

@@ -83,3 +83,31 @@ def test_items_survive_churn_after_one_republish_interval() -> None:
         if found.item != item:
             missing.append(item.target.hex())
     assert not missing, f"seed {net.seed}: {len(missing)} items lost: {missing[:5]}"
+
+
+def test_a_closer_newcomer_is_handed_the_item() -> None:
+    """Kademlia's rule: a holder that meets a node closer to an item than itself gives it the item."""
+    net = build_network(seed=43, size=120)
+    rng = random.Random(4)
+    item = make_immutable(bencode(b"hand me over"))
+    assert put(net, rng.choice(net.live_nodes()).addr, item).stored_at == net.settings.k
+    target = int.from_bytes(item.target, "big")
+    newcomer = net.join([rng.choice(net.live_nodes()).addr], node_id=target ^ 1).core  # closest of all
+    net.run_until(net.now + 30)
+    assert newcomer.storage.get_item(item.target, net.now) == item
+    assert sum(n.core.counters["items.handed_over"] for n in net.live_nodes()) >= 1
+
+
+def test_holders_keep_an_item_alive_after_its_originator_is_gone() -> None:
+    """Without the originator's republish, the holders' hourly replication renews the item, so it
+    outlives item_ttl (2 h)."""
+    net = build_network(seed=44, size=100)
+    rng = random.Random(5)
+    origin = rng.choice(net.live_nodes())
+    item = make_immutable(bencode(b"orphan"))
+    assert put(net, origin.addr, item).stored_at == net.settings.k
+    net.crash(origin.addr)
+    net.run_until(net.now + 2 * net.settings.item_ttl + 60)
+    found = get(net, rng.choice(net.live_nodes()).addr, item)
+    assert found.item == item
+    assert sum(n.core.counters["items.replicated"] for n in net.live_nodes()) >= 2

@@ -339,9 +339,10 @@ class NodeCore:
             self.routing_table.remove(txn.node_id, now)
         self.counters["responses_in"] += 1
         table = self.routing_table
-        known = table.get(sender)
+        before = table.get(sender)
+        confirmed_before = before is not None and before.last_response is not None
         table.heard_from(NodeInfo(sender, addr), now, responded=True, rtt=rtt)
-        if known is None and table.get(sender) is not None:
+        if not confirmed_before and table.get(sender) is not None:  # a node we now vouch for
             self._hand_over(NodeInfo(sender, addr), now)
         if response.ip is not None:
             self._vote_external_addr(response.ip)

@@ -83,9 +83,9 @@ class SimNetwork:
         self._flush(node)
         return core
 
-    def join(self, seeds: list[Addr]) -> SimNode:
+    def join(self, seeds: list[Addr], node_id: int | None = None) -> SimNode:
         """Add a node and start its bootstrap through `seeds` (it completes as the network runs)."""
-        core = self.add_node()
+        core = self.add_node(node_id)
         node = next(reversed(self.nodes.values()))
         core.bootstrap(seeds, self.now, lambda _result: None)
         self._flush(node)
