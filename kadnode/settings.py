@@ -38,9 +38,9 @@ class Settings:
     """Transactions in flight at once; beyond this new requests are refused."""
 
     # --- routing table ------------------------------------------------------------------------
-    good_interval: float = 15 * 60
+    good_interval: float = 15 * 60.0
     """A node is good if it answered us within this time (BEP 5)."""
-    bucket_refresh_interval: float = 15 * 60
+    bucket_refresh_interval: float = 15 * 60.0
     """A bucket untouched this long is refreshed with a lookup of a random ID in it (BEP 5)."""
     max_failures: int = 3
     """Consecutive failed requests after which a node is bad (jech/dht evicts after >2 missed pings)."""
@@ -56,11 +56,11 @@ class Settings:
     """Candidates a lookup remembers; farther ones are forgotten."""
 
     # --- write tokens (BEP 5) -----------------------------------------------------------------
-    token_rotation_interval: float = 5 * 60
+    token_rotation_interval: float = 5 * 60.0
     """Secret rotation; the previous secret stays valid, so a token lives 5-10 minutes."""
 
     # --- peer store (announce_peer) -----------------------------------------------------------
-    peer_ttl: float = 30 * 60
+    peer_ttl: float = 30 * 60.0
     """Announced peers expire after this (libtorrent and jech: ~30-45 min)."""
     max_info_hashes: int = 2000
     """libtorrent's dht_max_torrents."""
@@ -68,15 +68,15 @@ class Settings:
     """libtorrent's dht_max_peers."""
     max_peers_per_reply: int = 50
     """Peers in one get_peers reply, to stay under the path MTU (50 x 8 bytes)."""
-    announce_interval: float = 15 * 60
+    announce_interval: float = 15 * 60.0
     """How often the originator re-announces (libtorrent, jech)."""
 
     # --- BEP 44 items (get / put) --------------------------------------------------------------
-    item_ttl: float = 2 * 60 * 60
+    item_ttl: float = 2 * 60 * 60.0
     """Items expire unless re-put within this time (BEP 44: "MAY expire in 2 hours")."""
-    republish_interval: float = 60 * 60
+    republish_interval: float = 60 * 60.0
     """The originator re-puts its items this often (BEP 44: "re-announced once an hour")."""
-    replicate_interval: float = 60 * 60
+    replicate_interval: float = 60 * 60.0
     """A node holding an item re-puts it to the current k closest nodes this often (Kademlia's
     hourly republish), unless it received a put for it within the interval."""
     max_value_size: int = 1000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -13,7 +14,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,50 +23,38 @@ from click.testing import CliRunner, Result
 from kadnode.cli import main
 from kadnode.core.results import AnnounceResult, GetPeersResult, GetResult, LookupResult, PingResult, PutResult
 from kadnode.runtime.control import ControlServer
-from kadnode.settings import Settings
 from kadnode.storage.base import ImmutableItem, Item, MutableItem
 from kadnode.types import Addr, NodeInfo
 from kadnode.wire.bencode import Bencodable, bencode
+from tests.conftest import FAKE_PUBLIC_KEY, FakeEntry, FakeNodeBase, fake_item
 
 OWN_ID = 0xF000000000000000000000000000000000000000
 NEAR = NodeInfo(0x0000000000000000000000000000000000000001, ("127.0.0.2", 6881))
 FAR = NodeInfo(0x8000000000000000000000000000000000000000, ("127.0.0.30", 40000))
 IH = "c0ffee" + "00" * 17
 COMMANDS = ["run", "status", "routes", "ping", "lookup", "announce", "unannounce", "peers", "put", "get", "demo"]
-PUBLIC_KEY = bytes(range(32))
+PUBLIC_KEY = FAKE_PUBLIC_KEY
 ADDRESS = f"{PUBLIC_KEY.hex()}/greeting"
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    id: int
-    addr: Addr
-    failures: int
-    rtt: float | None
-
-
-class FakeNode:
+class FakeNode(FakeNodeBase):
     def __init__(self) -> None:
-        self.node_id = OWN_ID
+        super().__init__(OWN_ID)
         self.peers: list[Addr] = [("127.0.0.2", 51413), ("127.0.0.30", 6881)]
         self.stored_at = 8
         self.attempted = 8
         self.errors: dict[int, int] = {}
         self.fail: Exception | None = None
-        self.calls: list[tuple[str, Any]] = []
-        self.settings = Settings()
-        self.announced: set[bytes] = set()
-        self.items: dict[bytes, Item] = {}
         self.holders = 3
         self.invalid = 0
 
     def status(self) -> dict[str, Any]:
         return {"node_id": f"{OWN_ID:040x}", "external_addr": None, "routing_table": {"nodes": 2, "good": 1}}
 
-    def routes(self) -> list[tuple[Entry, str]]:
+    def routes(self) -> list[tuple[FakeEntry, str]]:
         return [
-            (Entry(FAR.id, FAR.addr, 1, None), "questionable"),
-            (Entry(NEAR.id, NEAR.addr, 0, 0.00025), "good"),
+            (FakeEntry(FAR.id, FAR.addr, 1, None), "questionable"),
+            (FakeEntry(NEAR.id, NEAR.addr, 0, 0.00025), "good"),
         ]
 
     def _lookup(self, target: int) -> LookupResult:
@@ -93,27 +81,16 @@ class FakeNode:
         self.announced.add(info_hash)
         return AnnounceResult(info_hash, port, stored_at=self.stored_at, attempted=8, peers=self.peers[:1])
 
-    def unannounce(self, info_hash: bytes) -> bool:
-        self.calls.append(("unannounce", info_hash))
-        was = info_hash in self.announced
-        self.announced.discard(info_hash)
-        return was
-
     async def put(
         self, value: Bencodable, *, salt: bytes | str = b"", immutable: bool = False, cas: int | None = None
     ) -> PutResult:
         """Stores like a node would (targets are real hashes; the signature is a stand-in)."""
         self.calls.append(("put", (value, salt, immutable, cas)))
-        encoded = bencode(value)
-        item: Item
-        if immutable:
-            item = ImmutableItem(hashlib.sha1(encoded).digest(), encoded)
-        else:
-            raw_salt = salt.encode() if isinstance(salt, str) else salt
-            target = hashlib.sha1(PUBLIC_KEY + raw_salt).digest()
-            old = self.items.get(target)
+        item = fake_item(value, salt=salt, immutable=immutable)
+        if isinstance(item, MutableItem):
+            old = self.items.get(item.target)
             seq = cas + 1 if cas is not None else (old.seq + 1 if isinstance(old, MutableItem) else 1)
-            item = MutableItem(target, PUBLIC_KEY, raw_salt, seq, b"\x06" * 64, encoded)
+            item = dataclasses.replace(item, seq=seq)
         self.items[item.target] = item
         return PutResult(item.target, item, stored_at=self.stored_at, attempted=self.attempted, errors=self.errors)
 
@@ -134,13 +111,6 @@ class FakeNode:
     def local_item(self, target: bytes | str, *, salt: bytes | str = b"") -> Item | None:
         self.calls.append(("local_item", target))
         return self.items.get(self._target(target))
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kn-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 import logging
 import re
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -305,18 +304,7 @@ def test_module_has_no_public_hosts() -> None:
 # --- logging -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def restore_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-
-
-@pytest.mark.usefixtures("restore_root_logger")
+@pytest.mark.usefixtures("restore_logging")
 def test_text_log_format() -> None:
     stream = io.StringIO()
     setup_logging("info", "text", stream=stream)
@@ -327,7 +315,7 @@ def test_text_log_format() -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO kadnode\.daemon: hello world", lines[0])
 
 
-@pytest.mark.usefixtures("restore_root_logger")
+@pytest.mark.usefixtures("restore_logging")
 def test_json_log_format_with_extra_and_exception() -> None:
     stream = io.StringIO()
     setup_logging("DEBUG", "json", stream=stream)
@@ -349,7 +337,7 @@ def test_json_log_format_with_extra_and_exception() -> None:
     assert "RuntimeError: boom" in second["exc"]
 
 
-@pytest.mark.usefixtures("restore_root_logger")
+@pytest.mark.usefixtures("restore_logging")
 def test_setup_logging_replaces_its_own_handler() -> None:
     first, second = io.StringIO(), io.StringIO()
     setup_logging("info", "text", stream=first)

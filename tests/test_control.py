@@ -7,12 +7,9 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import socket
 import stat
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,39 +33,27 @@ from kadnode.runtime.control import (
     handle_request,
     to_json,
 )
-from kadnode.settings import Settings
-from kadnode.storage.base import ImmutableItem, Item, MutableItem
+from kadnode.storage.base import Item, MutableItem
 from kadnode.types import Addr, NodeInfo
 from kadnode.wire.bencode import Bencodable, bencode
+from tests.conftest import FAKE_PUBLIC_KEY, FakeEntry, FakeNodeBase, fake_item
 
 OWN_ID = 0x8000000000000000000000000000000000000000
 PEER_A = NodeInfo(0x8000000000000000000000000000000000000001, ("127.0.0.2", 6881))
 PEER_B = NodeInfo(0x0000000000000000000000000000000000000ABC, ("127.0.0.3", 6882))
 INFO_HASH = bytes(range(20))
-PUBLIC_KEY = bytes(range(32))
+PUBLIC_KEY = FAKE_PUBLIC_KEY
 ITEM = MutableItem(b"\x07" * 20, PUBLIC_KEY, b"greeting", 3, b"\x05" * 64, b"5:hello")
 
 
-@dataclass(frozen=True, slots=True)
-class FakeEntry:
-    id: int
-    addr: Addr
-    failures: int
-    rtt: float | None
-
-
-class FakeNode:
+class FakeNode(FakeNodeBase):
     """Answers every control command with fixed, recognisable values and records the calls."""
 
     def __init__(self) -> None:
-        self.node_id = OWN_ID
-        self.settings = Settings()
-        self.calls: list[tuple[str, Any]] = []
+        super().__init__(OWN_ID, announced={INFO_HASH}, items={ITEM.target: ITEM})
         self.peers: list[Addr] = [("127.0.0.9", 51413)]
         self.fail_with: Exception | None = None
         self.gate: asyncio.Event | None = None
-        self.announced = {INFO_HASH}
-        self.items: dict[bytes, Item] = {ITEM.target: ITEM}
 
     def status(self) -> dict[str, Any]:
         return {"node_id": f"{OWN_ID:040x}", "routing_table": {"nodes": 2}, "counters": {"dropped": {"x": 1}}}
@@ -108,12 +93,6 @@ class FakeNode:
         await self._enter("announce", (info_hash, port) if keep else (info_hash, port, keep))
         return AnnounceResult(info_hash, port, stored_at=2, attempted=2, peers=list(self.peers))
 
-    def unannounce(self, info_hash: bytes) -> bool:
-        self.calls.append(("unannounce", info_hash))
-        was = info_hash in self.announced
-        self.announced.discard(info_hash)
-        return was
-
     async def put(
         self, value: Bencodable, *, salt: bytes | str = b"", immutable: bool = False, cas: int | None = None
     ) -> PutResult:
@@ -121,12 +100,7 @@ class FakeNode:
         encoded = bencode(value)
         if len(encoded) > self.settings.max_value_size:
             raise ValueError(f"value is {len(encoded)} bytes when bencoded; BEP 44 items hold at most 1000 bytes")
-        item: Item
-        if immutable:
-            item = ImmutableItem(hashlib.sha1(encoded).digest(), encoded)
-        else:
-            raw_salt = salt.encode() if isinstance(salt, str) else salt
-            item = MutableItem(b"\x08" * 20, PUBLIC_KEY, raw_salt, 4, b"\x06" * 64, encoded)
+        item = fake_item(value, salt=salt, immutable=immutable, seq=4, target=b"\x08" * 20)
         return PutResult(item.target, item, stored_at=2, attempted=3, errors={302: 1})
 
     async def get(self, target: bytes | str, *, salt: bytes | str = b"") -> GetResult:
@@ -138,14 +112,6 @@ class FakeNode:
         self.calls.append(("local_item", (target, salt)))
         key = bytes.fromhex(target) if isinstance(target, str) and len(target) == 40 else ITEM.target
         return self.items.get(key)
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer."""
-    path = Path(tempfile.mkdtemp(prefix="kn-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

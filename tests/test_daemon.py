@@ -10,7 +10,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,12 @@ from kadnode.runtime.daemon import run, run_daemon
 from kadnode.runtime.node import Node
 from kadnode.runtime.state import StateStore
 from kadnode.settings import Settings
+from tests.conftest import eventually
 
 FAST = Settings(
     rpc_timeout_initial=0.2, rpc_timeout_max=0.3, rpc_short_timeout_max=0.1,
     bootstrap_retry_initial=0.1, bootstrap_retry_max=0.2,
 )
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def control_request(path: Path, cmd: str) -> dict[str, object]:
@@ -197,17 +189,6 @@ async def test_second_daemon_on_the_same_data_dir_fails(tmp_path: Path) -> None:
 
 
 # --- run(): the synchronous entry point of `kadnode run` ----------------------------------------
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
 
 
 @pytest.mark.usefixtures("restore_logging")

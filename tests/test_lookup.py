@@ -335,3 +335,21 @@ def test_waits_for_closer_node_discovered_late() -> None:
     lookup.on_response(info(2), [], 0.3)
     assert lookup.finished
     assert [n.id for n in lookup.result()] == [2, 10]
+
+
+def test_hops_count_referrals_to_the_closest_node() -> None:
+    settings = Settings().with_changes(k=2, alpha=1)
+    target = 0
+    far = NodeInfo(1 << 150, ("127.0.0.1", 1))
+    mid = NodeInfo(1 << 100, ("127.0.0.2", 1))
+    near = NodeInfo(5, ("127.0.0.3", 1))
+    lookup = Lookup(target, settings, [far], now=0.0)
+    assert lookup.hops == 0
+    assert lookup.next_requests(0.0) == [far]
+    lookup.on_response(far, [mid], 0.1)
+    assert lookup.hops == 1
+    assert lookup.next_requests(0.1) == [mid]
+    lookup.on_response(mid, [near], 0.2)
+    assert lookup.next_requests(0.2) == [near]
+    lookup.on_response(near, [], 0.3)
+    assert lookup.finished and lookup.hops == 3

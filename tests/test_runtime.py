@@ -23,17 +23,10 @@ from kadnode.settings import Settings
 from kadnode.types import NodeInfo
 from kadnode.wire.bencode import bdecode
 from kadnode.wire.krpc import Ping, Query, encode_message
+from tests.conftest import eventually
 
 FAST = Settings(rpc_timeout_initial=0.3, rpc_timeout_max=0.5, rpc_short_timeout_max=0.1)
 """Short timeouts: tests that wait for a silent peer should not wait seconds."""
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

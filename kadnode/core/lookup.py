@@ -24,11 +24,13 @@ class _State(Enum):
 
 
 class _Candidate:
-    __slots__ = ("dist", "listed", "node", "slow", "state")
+    __slots__ = ("dist", "hop", "listed", "node", "slow", "state")
 
-    def __init__(self, node: NodeInfo, dist: int) -> None:
+    def __init__(self, node: NodeInfo, dist: int, hop: int) -> None:
         self.node = node
         self.dist = dist
+        self.hop = hop
+        """1 for the seeds we started from; one more than the node that told us about it."""
         self.state = _State.NEW
         self.slow = False
         self.listed = False
@@ -71,7 +73,7 @@ class Lookup:
         """All requests in flight, slow ones and unlisted ones included."""
         self._finished = False
         self._timed_out = False
-        self._add(seeds)
+        self._add(seeds, 1)
         self._update_finished()
 
     # --- state ---------------------------------------------------------------------------------
@@ -95,6 +97,12 @@ class Lookup:
             self._finished = True
             self._timed_out = True
         return self._finished
+
+    @property
+    def hops(self) -> int:
+        """Referral hops to the closest node that answered (1: a node we started from); 0 if none."""
+        answered = [c for c in self._nodes.values() if c.state is _State.RESPONDED]
+        return min(answered, key=lambda c: c.dist).hop if answered else 0
 
     def result(self) -> list[NodeInfo]:
         """Up to k nodes that answered, closest to the target first."""
@@ -147,7 +155,7 @@ class Lookup:
         self.responded += 1
         if not cand.listed:
             self._list(cand)
-        self._add(closer)
+        self._add(closer, cand.hop + 1)
         self._update_finished()
 
     def on_failure(self, node: NodeInfo, now: float) -> None:
@@ -182,7 +190,7 @@ class Lookup:
             self._active -= 1
         cand.slow = False
 
-    def _add(self, nodes: Iterable[NodeInfo]) -> None:
+    def _add(self, nodes: Iterable[NodeInfo], hop: int) -> None:
         target, known, exclude = self.target, self._nodes, self._exclude
         for node in nodes:
             if node.id in known or node.id == exclude:
@@ -190,7 +198,7 @@ class Lookup:
             dist = node.id ^ target
             if len(self._dists) >= self._cap and dist > self._dists[-1]:
                 continue
-            cand = _Candidate(node, dist)
+            cand = _Candidate(node, dist, hop)
             known[node.id] = cand
             self._list(cand)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +80,9 @@ MAINTENANCE_INTERVAL = 5.0
 """Seconds between maintenance ticks (pings of questionable nodes, bucket refresh, expiry, republish).
 libtorrent ticks every 5 s as well."""
 SWEEP_INTERVAL = 60.0
+PING_SCAN_INTERVAL = 15.0
+"""How often the table is scanned for nodes to confirm. A scan walks every entry, and a node that is
+questionable for 15 s longer costs nothing: lookups already skip nodes that fail."""
 MAX_MAINTENANCE_PINGS = 16
 """Pings per tick, so that a node waking from a long pause does not burst its whole table at once."""
 MAX_REFRESH_LOOKUPS = 2
@@ -128,8 +131,10 @@ class NodeCore:
         self._outgoing: list[tuple[bytes, Addr]] = []
         self._timers: list[Timer] = []
         self._timer_seq = 0
-        self._ip_votes: list[Addr] = []
+        self._ip_votes: deque[Addr] = deque()
+        self._ip_counts: Counter[Addr] = Counter()
         self._last_sweep = now
+        self._next_ping_scan = now
         # Republishing: what we originated (persisted by the storage) and what we hold for others.
         self._own_items: dict[bytes, Item] = {item.target: item for item in self.storage.own_items()}
         self._own_announces: dict[bytes, int | None] = dict(self.storage.own_announces())
@@ -359,10 +364,19 @@ class NodeCore:
         txn.handler.rpc_error(txn, error, now)
 
     def _vote_external_addr(self, reported: Addr) -> None:
-        self._ip_votes.append(reported)
-        if len(self._ip_votes) > EXTERNAL_IP_VOTES:
-            del self._ip_votes[0]
-        self.external_addr = Counter(self._ip_votes).most_common(1)[0][0]
+        """The address most of the last EXTERNAL_IP_VOTES responders saw us at (kept incrementally:
+        this runs on every response)."""
+        votes, counts = self._ip_votes, self._ip_counts
+        votes.append(reported)
+        counts[reported] += 1
+        if len(votes) > EXTERNAL_IP_VOTES:
+            dropped = votes.popleft()
+            counts[dropped] -= 1
+            if not counts[dropped]:
+                del counts[dropped]
+        current = self.external_addr
+        if current is None or counts[reported] > counts.get(current, 0):
+            self.external_addr = reported
 
     # ------------------------------------------------------------------ sending
 
@@ -579,8 +593,10 @@ class NodeCore:
     def _maintenance(self, now: float) -> None:
         """Keep the table healthy and the data alive: confirm questionable nodes, refresh stale buckets,
         expire stored entries, and re-put what is due."""
-        for entry in self.routing_table.ping_candidates(now)[:MAX_MAINTENANCE_PINGS]:
-            self.send_query(entry.addr, entry.id, Ping(), MaintenancePing(self), now)
+        if now >= self._next_ping_scan:
+            self._next_ping_scan = now + PING_SCAN_INTERVAL
+            for entry in self.routing_table.ping_candidates(now)[:MAX_MAINTENANCE_PINGS]:
+                self.send_query(entry.addr, entry.id, Ping(), MaintenancePing(self), now)
         if len(self.routing_table) > 0:
             for target in self.routing_table.refresh_targets(now)[:MAX_REFRESH_LOOKUPS]:
                 self.counters["refresh_lookups"] += 1

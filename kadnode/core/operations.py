@@ -171,6 +171,7 @@ class LookupOp(Handler):
             failed=self.lookup.failed,
             duration=end - self.started,
             timed_out=self.lookup.timed_out,
+            hops=self.lookup.hops,
         )
 
 

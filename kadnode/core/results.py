@@ -31,6 +31,8 @@ class LookupResult:
     duration: float
     timed_out: bool = False
     """True when the lookup hit `lookup_timeout` before converging."""
+    hops: int = 0
+    """Referral hops to the closest node found: 1 when a node we started from was the closest."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,6 +207,27 @@ def bencode(value: Bencodable) -> bytes:
 
 
 def _encode(value: object, out: list[bytes]) -> None:
+    # Fast paths for the exact types KRPC messages are made of; everything else takes the general road.
+    if type(value) is bytes:
+        out.append(b"%d:%s" % (len(value), value))
+    elif type(value) is int:
+        out.append(b"i%de" % value)
+    elif type(value) is dict and all(type(key) is bytes for key in value):
+        out.append(b"d")
+        for key in sorted(value):
+            out.append(b"%d:%s" % (len(key), key))
+            _encode(value[key], out)
+        out.append(b"e")
+    elif type(value) is list:
+        out.append(b"l")
+        for item in value:
+            _encode(item, out)
+        out.append(b"e")
+    else:
+        _encode_general(value, out)
+
+
+def _encode_general(value: object, out: list[bytes]) -> None:
     if isinstance(value, Raw):
         out.append(value.data)
     elif isinstance(value, bytes | bytearray | memoryview):
