@@ -124,6 +124,9 @@ class Node:
         store = StateStore.open(self.data_dir) if self.data_dir is not None else None
         sock = None
         storage: Storage | None = None
+        # Peer sampling draws often and needs no secrecy: a Mersenne Twister seeded from the OS, not
+        # SystemRandom (an os.urandom call per draw). Tokens and transaction ids keep the system source.
+        sampling_rng = random.Random(self.rng.getrandbits(64))
         try:
             if store is not None and self.data_dir is not None:
                 if self._identity is None:
@@ -132,10 +135,10 @@ class Node:
                         log.info("created a new identity in %s", self.data_dir)
                 # The core's clock is the loop's monotonic one; the database keeps wall-clock expiry times.
                 storage = SqliteStorage.open(
-                    store.path, self.settings, self.rng, wall_offset=time.time() - loop.time()
+                    store.path, self.settings, sampling_rng, wall_offset=time.time() - loop.time()
                 )
             else:
-                storage = MemoryStorage(self.settings, self.rng)
+                storage = MemoryStorage(self.settings, sampling_rng)
             sock = bind_udp(self.host, self.port)
             node_id = self._choose_id(store, sock.getsockname()[0])
             if store is not None:
