@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import math
 import random
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from kadnode.cli import main
+from kadnode.core.bep44 import make_immutable
 from kadnode.core.node import NodeCore
-from kadnode.core.results import BootstrapResult, LookupResult
-from kadnode.sim.network import SimNetwork
+from kadnode.core.results import BootstrapResult, LookupResult, PingResult
+from kadnode.sim.links import LinkLatency, LinkModel
+from kadnode.sim.network import LEAVE_GRACE, SimNetwork, SimNode, SimulationStalled
+from kadnode.sim.scenarios import ScenarioFailure, check, grow, run_lookups
+from kadnode.types import Addr
+from kadnode.wire.bencode import bencode
 
 
 def build_network(seed: int, size: int, **kwargs: object) -> SimNetwork:
@@ -30,7 +40,8 @@ def brute_force_closest(net: SimNetwork, target: int, k: int) -> list[int]:
 
 def find_node(net: SimNetwork, core: NodeCore, target: int) -> LookupResult:
     addr = next(a for a, n in net.nodes.items() if n.core is core)
-    return net.run_op(addr, lambda c, now, done: c.find_node(target, now, done))
+    result: LookupResult = net.run_op(addr, lambda c, now, done: c.find_node(target, now, done))
+    return result
 
 
 @pytest.mark.slow
@@ -97,3 +108,187 @@ def test_lookups_survive_crashed_nodes() -> None:
     assert overlap_of_lookups(20) >= 0.9
     net.run_until(net.now + 20 * 60)
     assert overlap_of_lookups(20) == 1.0, f"seed {net.seed}"
+
+
+# ---------------------------------------------------------------------------- links, partitions, churn
+
+
+def two_nodes(**links: float) -> tuple[SimNetwork, SimNode, SimNode]:
+    net = SimNetwork(seed=8, links=LinkModel(**links))
+    net.add_node()
+    net.add_node()
+    a, b = net.nodes.values()
+    return net, a, b
+
+
+def ping(net: SimNetwork, src: SimNode, dst: SimNode) -> PingResult:
+    result: PingResult = net.run_op(src.addr, lambda c, now, done: c.ping(dst.addr, now, done))
+    return result
+
+
+def test_link_latency_is_fixed_symmetric_and_lognormal() -> None:
+    model = LinkModel(median=0.04, spread=0.5)
+    latency = LinkLatency(model, seed=1)
+    assert latency(3, 9) == latency(9, 3) == LinkLatency(model, seed=1)(3, 9)
+    samples = sorted(latency(a, b) for a in range(1, 200) for b in range(a + 1, 200))
+    median = samples[len(samples) // 2]
+    assert 0.037 < median < 0.043
+    # Lognormal: the 90th percentile is exp(1.2816 * spread) times the median.
+    p90 = samples[int(0.9 * len(samples))]
+    assert p90 / median == pytest.approx(math.exp(1.2816 * 0.5), rel=0.05)
+    other = LinkLatency(model, seed=2)
+    assert sum(latency(1, b) != other(1, b) for b in range(2, 100)) > 90
+
+
+def test_loss_and_duplication_rates() -> None:
+    net, a, b = two_nodes(loss=0.2, duplicate=0.1)
+    results = [ping(net, a, b) for _ in range(400)]
+    assert net.sent >= 700  # 400 queries and the replies that arrive, some twice
+    assert net.lost / net.sent == pytest.approx(0.2, abs=0.04)
+    assert net.duplicated / net.sent == pytest.approx(0.1, abs=0.03)
+    # A ping succeeds when its query and its reply both arrive: 0.8 * 0.8.
+    assert sum(r.ok for r in results) / len(results) == pytest.approx(0.64, abs=0.07)
+    # Duplicate replies find no transaction left: the node counts them and moves on.
+    assert a.core.counters["dropped.unsolicited"] > 0
+
+
+def test_jitter_reorders_datagrams() -> None:
+    net, a, b = two_nodes(jitter=0.05)
+    received: list[bytes] = []
+    original = b.core.datagram_received
+
+    def record(data: bytes, addr: Addr, now: float) -> None:
+        received.append(data)
+        original(data, addr, now)
+
+    b.core.datagram_received = record  # type: ignore[method-assign]
+    for _ in range(50):
+        a.core.ping(b.addr, net.now, lambda _r: None)
+    sent = [data for data, _ in a.core._outgoing]
+    net.run_op(a.addr, lambda c, now, done: c.ping(b.addr, now, done))
+    wanted = set(sent)
+    got = [data for data in received if data in wanted]
+    assert sorted(got) == sorted(sent) and got != sent
+    net2, a2, b2 = two_nodes(jitter=0.0)
+    assert ping(net2, a2, b2).ok
+
+
+def test_isolate_partition_and_heal() -> None:
+    net = build_network(seed=9, size=12)
+    nodes = net.live_nodes()
+    net.isolate(nodes[0].addr)
+    assert not ping(net, nodes[0], nodes[1]).ok
+    assert ping(net, nodes[1], nodes[2]).ok
+    net.partition([{n.addr for n in nodes[:6]}])  # the rest form the second group
+    assert ping(net, nodes[0], nodes[5]).ok
+    assert not ping(net, nodes[5], nodes[6]).ok
+    assert not net.connected(nodes[0].addr, nodes[11].addr)
+    net.heal()
+    assert ping(net, nodes[5], nodes[6]).ok and net.connected(nodes[0].addr, nodes[11].addr)
+
+
+def test_restart_with_and_without_state() -> None:
+    net = build_network(seed=10, size=40)
+    node = net.live_nodes()[5]
+    old_core = node.core
+    item = make_immutable(bencode(b"kept"))
+    assert net.run_op(node.addr, lambda c, now, done: c.put(item, now, done)).stored_at > 0
+    with pytest.raises(ValueError):
+        net.add_node(addr=node.addr, node_id=1)  # the address is taken while it runs
+    net.crash(node.addr)
+    net.run_until(net.now + 60)
+    warm = net.restart(node.addr, keep_state=True)
+    assert warm.core is not old_core and warm.core.node_id == old_core.node_id
+    assert warm.core.storage is old_core.storage and warm.index == node.index
+    net.run_until(net.now + 30)
+    assert len(warm.core.routing_table) >= net.settings.k
+    assert warm.core.counters["items.republished"] >= 1  # after_join republishes its own items at once
+    net.crash(node.addr)
+    cold = net.restart(node.addr, keep_state=False)
+    net.run_until(net.now + 30)
+    assert cold.core.node_id != old_core.node_id and not cold.core.storage.own_items()
+    assert len(cold.core.routing_table) >= net.settings.k
+    with pytest.raises(ValueError):
+        net.restart(node.addr, keep_state=True)  # it is running
+
+
+def test_leave_finishes_in_flight_work_then_stops() -> None:
+    net = build_network(seed=11, size=40)
+    node = net.live_nodes()[3]
+    results: list[LookupResult] = []
+    node.core.find_node(12345, net.now, results.append)
+    net._flush(node)
+    net.leave(node.addr)
+    assert node.alive  # a lookup is in flight
+    net.run_until(net.now + LEAVE_GRACE + 10)
+    assert len(results) == 1 and results[0].responded >= net.settings.k
+    assert not node.alive
+    other = net.live_nodes()[4]
+    net.leave(other.addr)
+    net.run_until(net.now + LEAVE_GRACE)  # stops when idle, or at the grace limit at the latest
+    assert not other.alive
+    assert not ping(net, net.live_nodes()[0], other).ok
+
+
+def chaotic_run(seed: int) -> str:
+    """Everything on: lognormal links, jitter, loss, duplication, waves, crash, warm and cold restart,
+    leave, partition and heal, lookups."""
+    net = SimNetwork(seed, links=LinkModel(jitter=0.02, loss=0.05, duplicate=0.02))
+    grow(net, 60)
+    rng = random.Random(seed)
+    live = net.live_nodes()
+    for node in live[:5]:
+        net.crash(node.addr)
+    net.leave(live[5].addr)
+    net.partition([{n.addr for n in live[10:30]}])
+    run_lookups(net, 5, rng)
+    net.restart(live[0].addr, keep_state=True)
+    net.restart(live[1].addr, keep_state=False)
+    net.isolate(live[40].addr)
+    run_lookups(net, 5, rng, origins=net.live_nodes()[10:30])
+    net.heal()
+    run_lookups(net, 5, rng)
+    return net.trace_hash()
+
+
+def test_same_seed_same_trace_with_everything_on() -> None:
+    first = chaotic_run(12)
+    assert chaotic_run(12) == first
+    assert chaotic_run(13) != first
+
+
+def test_failures_name_their_seed() -> None:
+    net = SimNetwork(seed=4242)
+    with pytest.raises(ScenarioFailure, match=r"\(replay with seed 4242\)"):
+        check(net, False, "boom")
+    net.add_node()
+    with pytest.raises(SimulationStalled, match="seed 4242"):
+        net.run_op(next(iter(net.nodes)), lambda c, now, done: c.ping(("127.9.9.9", 6881), now, done), limit=0.1)
+
+
+def test_sim_command_reports_and_is_reproducible(tmp_path: Path) -> None:
+    args = ["sim", "--nodes", "60", "--lookups", "10", "--churn", "0.2", "--loss", "0.1", "--seed", "3"]
+    runs = []
+    for name in ("a.json", "b.json"):
+        done = CliRunner().invoke(main, [*args, "--json", str(tmp_path / name)])
+        assert done.exit_code == 0, done.output
+        runs.append(json.loads((tmp_path / name).read_text()))
+    assert "exact       10 / 10" in done.output and "trace hash" in done.output
+    first, second = runs
+    assert first["trace_hash"] == second["trace_hash"]
+    assert [p["lookups"] for p in first["phases"]] == [10, 10]
+    assert first["phases"][0]["exact"] == 10 and first["nodes"] == 60 and first["datagrams"] > 0
+
+
+def test_concurrent_lookups_are_exact_and_share_virtual_time() -> None:
+    net = build_network(seed=14, size=150)
+    start = net.now
+    one_by_one = run_lookups(net, 20, random.Random(4))
+    sequential = net.now - start
+    start = net.now
+    batched = run_lookups(net, 20, random.Random(4), concurrency=20)
+    assert one_by_one.exact == batched.exact == 20
+    assert net.now - start < sequential / 5
+    with pytest.raises(SimulationStalled):
+        net.run_ops([(net.live_nodes()[0].addr, lambda c, now, done: c.ping(("127.9.9.9", 6881), now, done))],
+                    limit=0.1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from functools import lru_cache
 
 ID_BITS = 160
 ID_SPACE = 1 << ID_BITS
@@ -49,14 +50,18 @@ def random_id_in_range(low: int, high: int, rng: random.Random) -> int:
     return rng.randrange(low, high)
 
 
+@lru_cache(maxsize=8192)
 def ipv4_int(ip: str) -> int:
-    """A dotted-quad IPv4 address as an int; ValueError for anything else (strict, unlike inet_aton)."""
+    """A dotted-quad IPv4 address as an int; ValueError for anything else (strict, unlike inet_aton).
+
+    Cached: the routing table and the token manager ask about the same few thousand addresses again
+    and again, and parsing through `ipaddress` is slow."""
     return int(ipaddress.IPv4Address(ip))
 
 
 def pack_ipv4(ip: str) -> bytes:
     """The 4 network-order bytes of a dotted-quad IPv4 address (what BEP 5 tokens and BEP 42 hash)."""
-    return ipaddress.IPv4Address(ip).packed
+    return ipv4_int(ip).to_bytes(4, "big")
 
 
 # --- BEP 42 -------------------------------------------------------------------------------------
