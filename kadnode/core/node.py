@@ -271,15 +271,23 @@ class NodeCore:
         if not 0 < port < 65536:
             self._refuse(tid, PROTOCOL_ERROR, "invalid port", "bad_port", addr)
             return
+        if self._stored(tid, addr, lambda: self.storage.add_peer(body.info_hash, (addr[0], port), now,
+                                                                 seed=body.seed)):
+            self._send_response(tid, {}, addr)
+
+    def _stored(self, tid: bytes, addr: Addr, write: Callable[[], None]) -> bool:
+        """Run a storage write; a refusal becomes the KRPC error BEP 5 / BEP 44 name for it."""
         try:
-            self.storage.add_peer(body.info_hash, (addr[0], port), now, seed=body.seed)
-        except StorageFull:
-            self._refuse(tid, SERVER_ERROR, "peer store full", "store_full", addr)
-            return
+            write()
+        except ValueTooLarge:
+            self._refuse(tid, 205, "message (v field) too big", "put_205", addr)
+        except StorageFull as exc:
+            self._refuse(tid, SERVER_ERROR, f"store full: {exc}", "store_full", addr)
         except StorageError as exc:
             self._refuse(tid, SERVER_ERROR, str(exc), "store_error", addr)
-            return
-        self._send_response(tid, {}, addr)
+        else:
+            return True
+        return False
 
     def _answer_get(self, tid: bytes, body: Get, addr: Addr, now: float) -> None:
         values = self._token_and_nodes(body.target, addr, now)
@@ -309,16 +317,7 @@ class NodeCore:
             if item.seq < current.seq or (item.seq == current.seq and item.value != current.value):
                 self._refuse(tid, 302, "sequence number less than current", "put_302", addr)
                 return
-        try:
-            self.storage.put_item(item, now, source_ip=addr[0])
-        except ValueTooLarge:
-            self._refuse(tid, 205, "message (v field) too big", "put_205", addr)
-            return
-        except StorageFull:
-            self._refuse(tid, SERVER_ERROR, "item store full", "store_full", addr)
-            return
-        except StorageError as exc:
-            self._refuse(tid, SERVER_ERROR, str(exc), "store_error", addr)
+        if not self._stored(tid, addr, lambda: self.storage.put_item(item, now, source_ip=addr[0])):
             return
         self.counters["items.stored"] += 1
         if item.target in self._replicas:
