@@ -20,12 +20,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import libtorrent as lt
 import pytest
@@ -38,6 +38,7 @@ from kadnode.storage.base import ImmutableItem, MutableItem
 from kadnode.types import Addr
 from kadnode.wire.bencode import Bencodable, bencode
 from tests.interop.ltpeer import LibtorrentDhtPeer, ed25519_public_key, expanded_secret, signature_valid
+from tests.interop.mesh import STEP_TIMEOUT, in_thread, kadnode_cli, start_mixed_network
 
 pytestmark = pytest.mark.interop
 
@@ -51,12 +52,6 @@ LONE_HOST, RESPONDER_HOST = "127.0.0.66", "127.0.0.67"
 """A libtorrent peer whose only contact is a hand-driven socket that records the targets it asks for."""
 DAEMON_HOST = "127.0.0.56"
 DAEMON_PEER_HOSTS = ("127.0.0.68", "127.0.0.69")
-
-STEP_TIMEOUT = 15.0
-"""Upper bound for one step; on loopback each takes well under a second."""
-
-T = TypeVar("T")
-
 
 # --- the mixed network ---------------------------------------------------------------------------
 
@@ -72,30 +67,12 @@ class Mesh:
         return {addr: item for addr, item in held.items() if item is not None}
 
 
-async def in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a blocking libtorrent call off the event loop, bounded by STEP_TIMEOUT."""
-    async with asyncio.timeout(STEP_TIMEOUT + 5):
-        return await asyncio.to_thread(func, *args, **kwargs)
-
-
 @pytest.fixture
 async def mesh() -> AsyncIterator[Mesh]:
     """Five kadnode nodes (one seed, four bootstrapped from it) and three libtorrent peers bootstrapped
     from two kadnode nodes each, then a lookup from every node so that the tables mix both kinds."""
     async with AsyncExitStack() as stack:
-        seed = await stack.enter_async_context(Node(host=KADNODE_HOSTS[0], port=0))
-        nodes = [seed]
-        for host in KADNODE_HOSTS[1:]:
-            nodes.append(await stack.enter_async_context(Node(host=host, port=0, bootstrap=[seed.addr])))
-        async with asyncio.timeout(STEP_TIMEOUT):
-            await asyncio.gather(*(node.bootstrap() for node in nodes[1:]))
-        peers: list[LibtorrentDhtPeer] = []
-        for i, host in enumerate(LIBTORRENT_HOSTS):
-            seeds = [nodes[(2 * i + 1) % len(nodes)].addr, nodes[(2 * i + 2) % len(nodes)].addr]
-            peer = LibtorrentDhtPeer(host, 0, bootstrap=seeds)
-            stack.push_async_callback(asyncio.to_thread, peer.close)
-            await in_thread(peer.start)
-            peers.append(peer)
+        nodes, peers, _ = await start_mixed_network(stack, KADNODE_HOSTS, LIBTORRENT_HOSTS)
         # A lookup from each libtorrent peer walks to every kadnode node (which enter its table by
         # answering) and files the peer with the nodes it queries; kadnode lookups then verify the peers.
         for peer in peers:
@@ -347,12 +324,6 @@ async def test_immutable_targets_agree(mesh: Mesh) -> None:
 
 
 # --- 5. the same through the daemon and the CLI ------------------------------------------------
-
-
-def kadnode_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kadnode", *args], capture_output=True, text=True, timeout=STEP_TIMEOUT
-    )
 
 
 def daemon_seed(data_dir: Path) -> bytes:

@@ -20,7 +20,6 @@ from contextlib import AsyncExitStack, closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -42,6 +41,7 @@ from kadnode.wire.krpc import (
     response_token,
 )
 from tests.interop.ltpeer import LibtorrentDhtPeer
+from tests.interop.mesh import STEP_TIMEOUT, in_thread, kadnode_cli, start_mixed_network
 
 pytestmark = pytest.mark.interop
 
@@ -51,12 +51,6 @@ RAW_HOST = "127.0.0.45"
 """Where the hand-driven UDP socket lives (nothing else uses it)."""
 DAEMON_HOST = "127.0.0.36"
 DAEMON_PEER_HOSTS = ("127.0.0.46", "127.0.0.47")
-
-STEP_TIMEOUT = 15.0
-"""Upper bound for one step; on loopback each takes well under a second."""
-
-T = TypeVar("T")
-
 
 @dataclass
 class Mesh:
@@ -69,32 +63,12 @@ class Mesh:
         return next(n for n in self.nodes if n.addr == addr)
 
 
-async def in_thread(func: Callable[..., T], *args: object) -> T:
-    """Run a blocking libtorrent call off the event loop, bounded by STEP_TIMEOUT."""
-    async with asyncio.timeout(STEP_TIMEOUT + 5):
-        return await asyncio.to_thread(func, *args)
-
-
 @pytest.fixture
 async def mesh() -> AsyncIterator[Mesh]:
     """Five kadnode nodes (one seed, four bootstrapped from it) and three libtorrent peers, each
     bootstrapped from two kadnode nodes. Ports are chosen by the OS."""
     async with AsyncExitStack() as stack:
-        seed = await stack.enter_async_context(Node(host=KADNODE_HOSTS[0], port=0))
-        nodes = [seed]
-        for host in KADNODE_HOSTS[1:]:
-            nodes.append(await stack.enter_async_context(Node(host=host, port=0, bootstrap=[seed.addr])))
-        async with asyncio.timeout(STEP_TIMEOUT):
-            await asyncio.gather(*(node.bootstrap() for node in nodes[1:]))
-        peers: list[LibtorrentDhtPeer] = []
-        peer_seeds: list[list[Addr]] = []
-        for i, host in enumerate(LIBTORRENT_HOSTS):
-            seeds = [nodes[(2 * i + 1) % len(nodes)].addr, nodes[(2 * i + 2) % len(nodes)].addr]
-            peer = LibtorrentDhtPeer(host, 0, bootstrap=seeds)
-            stack.push_async_callback(asyncio.to_thread, peer.close)
-            await in_thread(peer.start)
-            peers.append(peer)
-            peer_seeds.append(seeds)
+        nodes, peers, peer_seeds = await start_mixed_network(stack, KADNODE_HOSTS, LIBTORRENT_HOSTS)
         yield Mesh(nodes, peers, peer_seeds)
 
 
@@ -174,12 +148,6 @@ async def test_kadnode_announce_is_found_by_libtorrent(mesh: Mesh) -> None:
 
 
 # --- 2b. the same through the daemon and the CLI ------------------------------------------------
-
-
-def kadnode_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kadnode", *args], capture_output=True, text=True, timeout=STEP_TIMEOUT
-    )
 
 
 def test_libtorrent_announce_is_found_through_the_cli(tmp_path: Path) -> None:
