@@ -155,8 +155,8 @@ async def test_items_put_by_libtorrent_are_read_by_kadnode(mesh: Mesh) -> None:
             found_mutable = await reader.get(f"{public_key.hex()}/{salt.decode()}")
     assert found.item == ImmutableItem(immutable.target, immutable.value)
     assert found.invalid == 0
-    # libtorrent's peers answered too, not only kadnode's nodes.
-    assert found.holders > len(held), (found.holders, sorted(held))
+    assert found.holders >= 1  # an immutable get ends at its first valid copy
+    # The mutable get asks all k closest: libtorrent's peers answered it, not only kadnode's nodes.
     check_mutable(found_mutable.item, public_key, salt, 1, mutable.value)
     assert found_mutable.invalid == 0
     lt_holders = {peer.addr for peer in mesh.peers} & set(found_mutable.seqs)

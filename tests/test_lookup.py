@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
@@ -60,6 +61,7 @@ class Run:
     end: float
     seen: set[int]
     """Every node ID the lookup was told about (seeds and answers)."""
+    retries: int
 
 
 def drive(
@@ -71,11 +73,12 @@ def drive(
     *,
     dead: frozenset[int] = frozenset(),
     slow: frozenset[int] = frozenset(),
+    very_slow: frozenset[int] = frozenset(),
     short: float = 0.5,
     full: float = 3.0,
 ) -> Run:
     """A lookup from `origin`'s table, run by a tiny discrete-event loop: live nodes answer in
-    10-100 ms, slow ones after 2 s, dead ones never."""
+    10-100 ms, slow ones after 1.5 short timeouts, very slow ones after 4, dead ones never."""
     seeds = net.closest_known(origin, target)
     lookup = Lookup(target, s, seeds, 0.0, exclude=origin)
     seen = {n.id for n in seeds}
@@ -83,7 +86,8 @@ def drive(
     seq = 0
     active: set[int] = set()  # requests in flight that are not slow, as the driver sees them
     pending: set[int] = set()
-    max_active = max_pending = 0
+    max_active = max_pending = retries = 0
+    outstanding: Counter[int] = Counter()
     now = 0.0
 
     def push(at: float, kind: str, node: NodeInfo) -> None:
@@ -91,20 +95,27 @@ def drive(
         seq += 1
         heapq.heappush(events, (at, seq, kind, node))
 
+    def ask(node: NodeInfo) -> None:
+        outstanding[node.id] += 1
+        if node.id in dead:
+            push(now + short, "slow", node)
+            push(now + full, "fail", node)
+        elif node.id in slow:
+            push(now + short, "slow", node)
+            push(now + 1.5 * short, "resp", node)
+        elif node.id in very_slow:
+            push(now + short, "slow", node)
+            push(now + 4 * short, "resp", node)
+        else:
+            push(now + rng.uniform(0.01, 0.1), "resp", node)
+
     def send() -> None:
         nonlocal max_active, max_pending
         for node in lookup.next_requests(now):
             assert node.id not in pending, "queried twice while in flight"
             active.add(node.id)
             pending.add(node.id)
-            if node.id in dead:
-                push(now + short, "slow", node)
-                push(now + full, "fail", node)
-            elif node.id in slow:
-                push(now + short, "slow", node)
-                push(now + 2.0, "resp", node)
-            else:
-                push(now + rng.uniform(0.01, 0.1), "resp", node)
+            ask(node)
         max_active = max(max_active, len(active))
         max_pending = max(max_pending, len(pending))
 
@@ -113,19 +124,25 @@ def drive(
         now, _, kind, node = heapq.heappop(events)
         if kind == "slow":
             active.discard(node.id)
-            lookup.on_slow(node, now)
+            if lookup.on_slow(node, now):  # a retry: the same node, asked again
+                active.add(node.id)
+                retries += 1
+                ask(node)
         elif kind == "fail":
-            active.discard(node.id)
-            pending.discard(node.id)
+            outstanding[node.id] -= 1
+            if outstanding[node.id] <= 0:
+                active.discard(node.id)
+                pending.discard(node.id)
             lookup.on_failure(node, now)
         else:
+            outstanding[node.id] = 0
             active.discard(node.id)
             pending.discard(node.id)
             closer = net.closest_known(node.id, lookup.target)
             seen.update(n.id for n in closer)
             lookup.on_response(node, closer, now)
         send()
-    return Run(lookup, max_active, max_pending, now, seen)
+    return Run(lookup, max_active, max_pending, now, seen, retries)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -164,28 +181,40 @@ def test_finds_the_k_closest_for_any_alpha_and_k(seed: int, alpha: int, k: int) 
 def test_dead_and_slow_nodes(seed: int) -> None:
     rng = random.Random(100 + seed)
     s = Settings()
+    short, full = 0.5, 3.0
     net = Network.build(400, s.k, rng)
     dead = frozenset(rng.sample(net.ids, 80))
     slow = frozenset(rng.sample(sorted(set(net.ids) - dead), 40))
+    very_slow = frozenset(rng.sample(sorted(set(net.ids) - dead - slow), 20))
     alive = set(net.ids) - dead
+    prompt = alive - very_slow
     found = total = 0
+    ends: list[float] = []
     for _ in range(8):
         origin = rng.choice(sorted(alive))
         target = rng.getrandbits(BITS)
-        run = drive(net, rng, origin, target, s, dead=dead, slow=slow)
+        run = drive(net, rng, origin, target, s, dead=dead, slow=slow, very_slow=very_slow, short=short, full=full)
         lookup = run.lookup
         ids = [n.id for n in lookup.result()]
         assert lookup.finished and not lookup.timed_out
         assert not set(ids) & dead  # failures are never results
-        # exact among what the lookup heard of: no live node it saw is missed
-        assert ids == net.true_closest(target, (run.seen & alive) - {origin})
-        truth = net.true_closest(target, alive - {origin})
+        # exact among what the lookup heard of: no live node that answers within its retry is missed
+        # (a very slow one is given up on, and is a result only if it answered before the end)
+        heard = ((run.seen & prompt) | (set(ids) & very_slow)) - {origin}
+        assert ids == net.true_closest(target, heard)
+        truth = net.true_closest(target, prompt - {origin})
         found += len(set(ids) & set(truth))
         total += len(truth)
         assert run.max_active <= s.alpha
-        assert lookup.queried == lookup.responded + lookup.failed + lookup.in_flight
-    # dead nodes crowd live ones out of the answers, yet nearly all of the true closest are found
+        assert lookup.retries == run.retries
+        asked = lookup.queried - lookup.retries  # nodes asked
+        assert lookup.responded + lookup.failed <= asked <= lookup.responded + lookup.failed + lookup.in_flight
+        ends.append(run.end)
+    # dead nodes crowd live ones out of the answers, yet nearly all of the closest are found
     assert found >= 0.9 * total
+    # A dead node among the closest is given up on after two short timeouts: a typical lookup ends
+    # before even one full timeout (waiting out full timeouts, every one of these took over 3 s).
+    assert sorted(ends)[len(ends) // 2] < full
 
 
 def nodes(*ids: int) -> list[NodeInfo]:
@@ -204,23 +233,71 @@ def test_alpha_and_no_round_barrier() -> None:
     assert lookup.next_requests(0.1) == []
 
 
-def test_slow_request_frees_its_slot_and_may_still_answer() -> None:
+def test_slow_request_among_the_closest_is_retried_once_then_given_up() -> None:
     s = Settings(alpha=2, k=2)
     lookup = Lookup(0, s, nodes(1, 2, 3, 4), 0.0)
     assert [n.id for n in lookup.next_requests(0.0)] == [1, 2]
-    lookup.on_slow(info(1), 0.5)
-    lookup.on_slow(info(1), 0.6)  # repeated: no second slot
-    assert [n.id for n in lookup.next_requests(0.6)] == [3]
-    assert lookup.next_requests(0.6) == []
-    lookup.on_response(info(2), [], 0.7)
-    lookup.on_response(info(3), [], 0.8)
-    # 2 and 3 answered but 1 (closer) is slow: keep waiting for it; 4 is not needed
-    assert not lookup.finished
-    assert lookup.next_requests(0.8) == []
-    lookup.on_response(info(1), [], 2.0)
+    assert lookup.on_slow(info(1), 0.5)  # among the 2 closest: ask again, keeping the slot
+    assert lookup.next_requests(0.5) == []
+    assert lookup.queried == 3 and lookup.retries == 1 and lookup.in_flight == 3
+    assert not lookup.on_slow(info(1), 1.0)  # the retry is slow too: given up, its slot is free
+    assert not lookup.on_slow(info(1), 1.1)  # repeated: no second slot
+    assert [n.id for n in lookup.next_requests(1.1)] == [3]
+    lookup.on_response(info(2), [], 1.2)
+    assert not lookup.finished  # 3 is closer than the second answer and still prompt
+    lookup.on_response(info(3), [], 1.3)
+    # 2 and 3 answered; 1 is closer but given up: the lookup does not wait for it; 4 is not needed
+    assert lookup.finished
+    assert [n.id for n in lookup.result()] == [2, 3]
+    lookup.on_response(info(1), [], 2.0)  # after the end: ignored, the result is stable
+    assert [n.id for n in lookup.result()] == [2, 3]
+
+
+def test_given_up_node_that_answers_before_the_end_counts() -> None:
+    s = Settings(alpha=2, k=2)
+    lookup = Lookup(0, s, nodes(1, 2, 3, 4), 0.0)
+    lookup.next_requests(0.0)
+    assert lookup.on_slow(info(1), 0.5)
+    lookup.on_failure(info(1), 0.8)  # the first request timed out; the retry is still out
+    assert lookup.failed == 0 and lookup.in_flight == 2
+    lookup.on_response(info(1), [], 0.9)  # the retry is answered
+    lookup.on_response(info(2), [], 1.0)
     assert lookup.finished
     assert [n.id for n in lookup.result()] == [1, 2]
-    assert lookup.responded == 3 and lookup.queried == 3
+    assert lookup.responded == 2 and lookup.failed == 0 and lookup.in_flight == 0
+
+
+def test_slow_request_beyond_the_k_closest_is_not_retried() -> None:
+    s = Settings(alpha=3, k=1)
+    lookup = Lookup(0, s, nodes(1, 2, 3), 0.0)
+    assert [n.id for n in lookup.next_requests(0.0)] == [1, 2, 3]
+    assert not lookup.on_slow(info(3), 0.5)  # 1 and 2 are closer: 3 is given up on at once
+    assert lookup.retries == 0 and lookup.in_flight == 3
+
+
+def test_with_fewer_than_k_answers_given_up_requests_are_still_awaited() -> None:
+    s = Settings(alpha=2, k=3)
+    lookup = Lookup(0, s, nodes(1, 2), 0.0)
+    lookup.next_requests(0.0)
+    assert lookup.on_slow(info(1), 0.5)
+    assert not lookup.on_slow(info(1), 1.0)
+    lookup.on_response(info(2), [], 1.1)
+    assert not lookup.finished  # one answer of three wanted: 1 may still answer with referrals
+    lookup.on_response(info(1), nodes(5), 1.5)
+    assert [n.id for n in lookup.next_requests(1.5)] == [5]
+    lookup.on_response(info(5), [], 1.6)
+    assert lookup.finished
+    assert [n.id for n in lookup.result()] == [1, 2, 5]
+
+
+def test_stop_ends_the_lookup_at_once() -> None:
+    lookup = Lookup(0, Settings(alpha=2, k=2), nodes(1, 2, 3), 0.0)
+    lookup.next_requests(0.0)
+    lookup.on_response(info(2), [], 0.1)
+    lookup.stop()
+    assert lookup.finished and not lookup.timed_out
+    assert lookup.next_requests(0.2) == []
+    assert [n.id for n in lookup.result()] == [2]
 
 
 def test_failures_are_excluded_and_late_answers_accepted() -> None:

@@ -1,8 +1,12 @@
 """The iterative Kademlia lookup as a state machine: the caller sends, this only decides.
 
 There is no round barrier: every answer, failure or slow request immediately frees a slot for the next
-closest unqueried candidate, so `alpha` parallel requests actually cut latency. A slow request stops
-holding its slot (another one goes out) but its late answer is still used.
+closest unqueried candidate, so `alpha` parallel requests actually cut latency.
+
+A request that passes its short timeout is *slow*. A slow candidate among the k closest gets one retry
+at once (a lost datagram is the likeliest cause, and one retry turns a 10% round-trip loss into 1%).
+After that it stops holding its slot and stops holding up the end of the lookup: a crashed node costs
+two short timeouts, never a full one. Its late answer is still used if it comes before the end.
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ class _State(Enum):
     FAILED = 3
 
 
+MAX_ATTEMPTS = 2
+"""Requests sent to one candidate at most: the first, and one retry when it turned slow."""
+
+
 class _Candidate:
-    __slots__ = ("dist", "hop", "listed", "node", "slow", "state")
+    __slots__ = ("attempts", "dist", "hop", "inflight", "listed", "node", "slow", "state")
 
     def __init__(self, node: NodeInfo, dist: int, hop: int) -> None:
         self.node = node
@@ -33,6 +41,10 @@ class _Candidate:
         """1 for the seeds we started from; one more than the node that told us about it."""
         self.state = _State.NEW
         self.slow = False
+        """Given up waiting for (its slot is free, and the end of the lookup no longer waits for it)."""
+        self.attempts = 0
+        self.inflight = 0
+        """Requests to it not yet answered or failed (two after a retry)."""
         self.listed = False
 
 
@@ -55,6 +67,8 @@ class Lookup:
         self.target = target
         self.started = now
         self.queried = 0
+        """Requests sent, retries included."""
+        self.retries = 0
         self.responded = 0
         self.failed = 0
         self._k = settings.k
@@ -68,9 +82,9 @@ class Lookup:
         self._cands: list[_Candidate] = []
         """Listed candidates, parallel to `_dists` (sorted ascending)."""
         self._active = 0
-        """Requests in flight that are not slow: these hold the `alpha` slots."""
+        """Candidates in flight that are not slow: these hold the `alpha` slots."""
         self._pending = 0
-        """All requests in flight, slow ones and unlisted ones included."""
+        """All requests in flight, slow ones, retries and unlisted ones included."""
         self._finished = False
         self._timed_out = False
         self._add(seeds, 1)
@@ -128,6 +142,7 @@ class Lookup:
                     break
             elif state is _State.NEW:
                 cand.state = _State.IN_FLIGHT
+                cand.attempts = cand.inflight = 1
                 out.append(cand.node)
                 slots -= 1
                 if slots == 0:
@@ -148,7 +163,7 @@ class Lookup:
         if cand is None or cand.state is _State.NEW or cand.state is _State.RESPONDED:
             return
         if cand.state is _State.IN_FLIGHT:
-            self._settle(cand)
+            self._settle(cand, cand.inflight)
         else:  # FAILED earlier, answered late: it is a good candidate after all
             self.failed -= 1
         cand.state = _State.RESPONDED
@@ -159,36 +174,69 @@ class Lookup:
         self._update_finished()
 
     def on_failure(self, node: NodeInfo, now: float) -> None:
-        """`node` timed out or returned an error: it leaves the candidate list."""
+        """A request to `node` timed out or got an error: once none is left, it leaves the list."""
         if self.check(now):
             return
         cand = self._nodes.get(node.id)
         if cand is None or cand.state is not _State.IN_FLIGHT:
             return
-        self._settle(cand)
+        if cand.inflight > 1:  # the retry may still be answered
+            cand.inflight -= 1
+            self._pending -= 1
+            return
+        self._settle(cand, 1)
         cand.state = _State.FAILED
         self.failed += 1
         if cand.listed:
             self._unlist(cand)
         self._update_finished()
 
-    def on_slow(self, node: NodeInfo, now: float) -> None:
-        """`node` passed its short timeout: free its slot, but keep waiting for its answer."""
+    def on_slow(self, node: NodeInfo, now: float) -> bool:
+        """A request to `node` passed its short timeout. Returns True when the caller should send it
+        again now (a retry, counted here as in flight); otherwise `node` is given up on: its slot is
+        freed and the lookup no longer waits for it, though a late answer still counts."""
         if self.check(now):
-            return
+            return False
         cand = self._nodes.get(node.id)
-        if cand is not None and cand.state is _State.IN_FLIGHT and not cand.slow:
-            cand.slow = True
-            self._active -= 1
+        if cand is None or cand.state is not _State.IN_FLIGHT or cand.slow:
+            return False
+        if cand.attempts < MAX_ATTEMPTS and cand.listed and self._within_k(cand):
+            cand.attempts += 1
+            cand.inflight += 1
+            self._pending += 1
+            self.queried += 1
+            self.retries += 1
+            return True
+        cand.slow = True
+        self._active -= 1
+        self._update_finished()
+        return False
+
+    def stop(self) -> None:
+        """End the lookup now (it found what it was after); later events are ignored."""
+        self._finished = True
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _settle(self, cand: _Candidate) -> None:
-        """An in-flight request ended: release its slot accounting."""
-        self._pending -= 1
+    def _settle(self, cand: _Candidate, requests: int) -> None:
+        """`cand` stopped being in flight (its last `requests` requests ended): release its slot."""
+        self._pending -= requests
         if not cand.slow:
             self._active -= 1
         cand.slow = False
+        cand.inflight = 0
+
+    def _within_k(self, cand: _Candidate) -> bool:
+        """Whether `cand` is among the k closest candidates still in the running (not given up)."""
+        rank = 0
+        for other in self._cands:
+            if other is cand:
+                return True
+            if not other.slow:
+                rank += 1
+                if rank >= self._k:
+                    return False
+        return False
 
     def _add(self, nodes: Iterable[NodeInfo], hop: int) -> None:
         target, known, exclude = self.target, self._nodes, self._exclude
@@ -225,16 +273,19 @@ class Lookup:
         cand.listed = False
 
     def _update_finished(self) -> None:
-        """Finished when the k closest listed candidates answered, or nothing is left to wait for."""
+        """Finished when the k closest listed candidates that were not given up on answered. With
+        fewer than k answers, given-up requests are still waited for: they may bring referrals."""
         if self._finished:
             return
         needed = self._k
         for cand in self._cands:
-            if cand.state is not _State.RESPONDED:
+            state = cand.state
+            if state is _State.RESPONDED:
+                needed -= 1
+                if needed == 0:
+                    self._finished = True
+                    return
+            elif not cand.slow:
                 return  # NEW or IN_FLIGHT (failed ones are not listed) closer than the k-th answer
-            needed -= 1
-            if needed == 0:
-                self._finished = True
-                return
         if self._pending == 0:
             self._finished = True

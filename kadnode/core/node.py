@@ -471,13 +471,15 @@ class NodeCore:
 
     def get(self, target: bytes, now: float, done: Callable[[GetResult], None], *, salt: bytes = b"") -> None:
         """Iterative BEP 44 get: the best valid item under `target` (pass the `salt` of a salted
-        mutable item: signatures cover it, and it is not sent back)."""
+        mutable item: signatures cover it, and it is not sent back). An immutable item ends the
+        lookup at its first valid copy; a mutable one is looked for at all k closest nodes, for the
+        highest seq."""
 
         def finished(op: LookupOp, _now: float) -> None:
             assert isinstance(op, GetOp)
             done(self._get_result(op))
 
-        GetOp(self, target, salt, now, finished).pump(now)
+        GetOp(self, target, salt, now, finished, first_immutable=True).pump(now)
 
     def _get_result(self, op: GetOp) -> GetResult:
         closest = {n.addr for n in op.lookup.result()}

@@ -15,7 +15,7 @@ from kadnode.core.bep44 import item_from_reply
 from kadnode.core.lookup import Lookup
 from kadnode.core.results import BootstrapResult, LookupResult, PingResult
 from kadnode.core.rpc import Transaction
-from kadnode.storage.base import Item, MutableItem
+from kadnode.storage.base import ImmutableItem, Item, MutableItem
 from kadnode.types import Addr, NodeInfo
 from kadnode.wire.compact import CompactError, id_to_bytes
 from kadnode.wire.krpc import (
@@ -100,6 +100,8 @@ class LookupOp(Handler):
         self.on_finish = on_finish
         self.started = now
         self.finished_at: float | None = None
+        self._attempts: dict[int, tuple[Transaction, Transaction]] = {}
+        """Both requests to each retried node: once one is answered, the other is cancelled."""
         node.active_lookups.add(self)
         node.schedule(now + node.settings.lookup_timeout, self.pump)
 
@@ -109,10 +111,16 @@ class LookupOp(Handler):
     def absorb(self, node: NodeInfo, response: Response, now: float) -> None:
         """Keep what a response carries besides `nodes`. Raises KrpcError/CompactError when malformed."""
 
+    def satisfied(self) -> bool:
+        """True once the lookup found what it was after and need not converge (an immutable item)."""
+        return False
+
     def pump(self, now: float) -> None:
         """Send what the lookup wants sent; finish once it has converged."""
         if self.finished_at is not None:
             return
+        if self.satisfied():
+            self.lookup.stop()
         for candidate in self.lookup.next_requests(now):
             if self.node.send_query(candidate.addr, candidate.id, self.body(), self, now) is None:
                 self.lookup.on_failure(candidate, now)
@@ -130,6 +138,10 @@ class LookupOp(Handler):
         return NodeInfo(txn.node_id, txn.addr)
 
     def rpc_response(self, txn: Transaction, response: Response, now: float) -> None:
+        attempts = self._attempts.pop(txn.node_id, None) if txn.node_id is not None else None
+        if attempts is not None:
+            # The node answered one of its two requests: the other one's timeout is not a failure.
+            self.node.rpc.cancel(attempts[1] if txn is attempts[0] else attempts[0])
         node = self._candidate(txn)
         if node is None:
             return
@@ -158,7 +170,14 @@ class LookupOp(Handler):
 
     def rpc_slow(self, txn: Transaction, now: float) -> None:
         if self.finished_at is None and txn.node_id is not None:
-            self.lookup.on_slow(NodeInfo(txn.node_id, txn.addr), now)
+            node = NodeInfo(txn.node_id, txn.addr)
+            if self.lookup.on_slow(node, now):
+                retry = self.node.send_query(node.addr, node.id, self.body(), self, now)
+                if retry is None:
+                    self.lookup.on_failure(node, now)
+                else:
+                    self.node.counters["lookup.retries"] += 1
+                    self._attempts[node.id] = (txn, retry)
             self.pump(now)
 
     def lookup_result(self) -> LookupResult:
@@ -219,20 +238,32 @@ class GetPeersOp(TokenLookupOp):
 
 
 class GetOp(TokenLookupOp):
-    """BEP 44 get: keeps the best valid item (the highest seq of a mutable one) and who holds it."""
+    """BEP 44 get: keeps the best valid item (the highest seq of a mutable one) and who holds it.
+
+    With `first_immutable` it ends at the first valid immutable item: its target is the hash of its
+    value, so any copy is the item (BEP 44), and there is no newer version to wait for. A put needs
+    the tokens of the k closest nodes instead, so its lookup runs to the end.
+    """
 
     def __init__(self, node: NodeCore, target: bytes, salt: bytes, now: float,
-                 on_finish: Callable[[LookupOp, float], None]) -> None:
+                 on_finish: Callable[[LookupOp, float], None], *, first_immutable: bool = False) -> None:
         super().__init__(node, int.from_bytes(target, "big"), node.lookup_seeds(target), now, on_finish)
+        self.first_immutable = first_immutable
         self.target_bytes = target
         self.salt = salt
         self.item: Item | None = node.local_item(target, now)
         self.holders_by_seq: Counter[int] = Counter()
+        held = node.storage.get_item(target, now)
+        if held is not None and held == self.item:  # we hold it for others: one of the copies
+            self.holders_by_seq[held.seq if isinstance(held, MutableItem) else 0] += 1
         self.seqs: dict[Addr, int] = {}
         self.invalid = 0
 
     def body(self) -> QueryBody:
         return Get(target=self.target_bytes)
+
+    def satisfied(self) -> bool:
+        return self.first_immutable and isinstance(self.item, ImmutableItem)
 
     def absorb(self, node: NodeInfo, response: Response, now: float) -> None:
         reply = response_item(response)

@@ -74,7 +74,8 @@ class GetResult:
     item: Item | None
     lookup: LookupResult
     holders: int
-    """Responders that returned the item (for a mutable item: at the returned seq)."""
+    """Nodes known to hold the item (for a mutable item: at the returned seq): the responders that
+    returned it, plus this node if it stores it for others. An immutable get ends at its first copy."""
     invalid: int
     """Responses whose item failed verification (wrong hash, bad signature): counted, never used."""
     tokens: dict[Addr, bytes] = field(default_factory=dict)
