@@ -30,8 +30,9 @@ class Settings:
     """Timeout towards a peer we have no round-trip sample for (and no global estimate yet)."""
     rpc_timeout_min: float = 0.25
     rpc_timeout_max: float = 10.0
-    rpc_short_timeout_min: float = 0.05
-    """The short timeout opens another lookup slot while the slow request may still answer."""
+    rpc_short_timeout_min: float = 0.02
+    """Floor of the short timeout, max(2·SRTT, SRTT + 2·RTTVAR): a slow request frees its lookup slot
+    and is retried once; a retry that is slow too is given up on."""
     rpc_short_timeout_max: float = 1.0
     """libtorrent opens the extra slot after 1 s."""
     max_outstanding_requests: int = 4096

@@ -223,8 +223,8 @@ def test_rtt_convergence_shrinks_timeout_to_min() -> None:
         txn = mgr.start(A, None, "ping", rec, now)
         assert txn is not None
         assert mgr.match(txn.tid, A) is txn
-        rtt = mgr.complete(txn, now + 0.02)
-        assert rtt == pytest.approx(0.02)
+        rtt = mgr.complete(txn, now + 0.005)
+        assert rtt == pytest.approx(0.005)
         current = mgr.timeout_for(A)
         assert current <= previous
         previous = current
@@ -232,7 +232,7 @@ def test_rtt_convergence_shrinks_timeout_to_min() -> None:
     assert mgr.timeout_for(A) == s.rpc_timeout_min
     assert mgr.short_timeout_for(A) == s.rpc_short_timeout_min
     estimate = mgr.rtt_estimate(A)
-    assert estimate is not None and estimate == pytest.approx(0.02)
+    assert estimate is not None and estimate == pytest.approx(0.005)
 
 
 def test_rtt_estimate_follows_rfc6298() -> None:

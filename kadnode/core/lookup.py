@@ -3,10 +3,11 @@
 There is no round barrier: every answer, failure or slow request immediately frees a slot for the next
 closest unqueried candidate, so `alpha` parallel requests actually cut latency.
 
-A request that passes its short timeout is *slow*. A slow candidate among the k closest gets one retry
-at once (a lost datagram is the likeliest cause, and one retry turns a 10% round-trip loss into 1%).
-After that it stops holding its slot and stops holding up the end of the lookup: a crashed node costs
-two short timeouts, never a full one. Its late answer is still used if it comes before the end.
+A request that passes its short timeout is *slow*: it stops holding its slot at once. A slow candidate
+gets one retry when it is (or later comes to be) among the k closest candidates still in the running: a
+lost datagram is the likeliest cause, and one retry turns a 10% round-trip loss into 1%. When the retry
+is slow too, the candidate is *given up*: the end of the lookup no longer waits for it, so a crashed
+node costs two short timeouts, never a full one. A late answer is still used if it comes before the end.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ MAX_ATTEMPTS = 2
 
 
 class _Candidate:
-    __slots__ = ("attempts", "dist", "hop", "inflight", "listed", "node", "slow", "state")
+    __slots__ = ("attempts", "dist", "given_up", "holds_slot", "hop", "inflight", "listed", "node", "state",
+                 "wants_retry")
 
     def __init__(self, node: NodeInfo, dist: int, hop: int) -> None:
         self.node = node
@@ -40,8 +42,12 @@ class _Candidate:
         self.hop = hop
         """1 for the seeds we started from; one more than the node that told us about it."""
         self.state = _State.NEW
-        self.slow = False
-        """Given up waiting for (its slot is free, and the end of the lookup no longer waits for it)."""
+        self.holds_slot = False
+        """In flight and not yet slow: one of the `alpha` slots."""
+        self.wants_retry = False
+        """Its first request is slow: ask again once it is among the k closest still in the running."""
+        self.given_up = False
+        """Its retry is slow too: the end of the lookup no longer waits for it."""
         self.attempts = 0
         self.inflight = 0
         """Requests to it not yet answered or failed (two after a retry)."""
@@ -82,7 +88,7 @@ class Lookup:
         self._cands: list[_Candidate] = []
         """Listed candidates, parallel to `_dists` (sorted ascending)."""
         self._active = 0
-        """Candidates in flight that are not slow: these hold the `alpha` slots."""
+        """Candidates in flight whose request is not slow yet: these hold the `alpha` slots."""
         self._pending = 0
         """All requests in flight, slow ones, retries and unlisted ones included."""
         self._finished = False
@@ -126,32 +132,45 @@ class Lookup:
     # --- driving -------------------------------------------------------------------------------
 
     def next_requests(self, now: float) -> list[NodeInfo]:
-        """Candidates to query now (marked in flight): the closest unqueried ones, up to free slots."""
+        """Requests to send now: the closest unqueried candidates, up to the free slots (marked in
+        flight), and one retry for each slow candidate among the k closest still in the running."""
         if self.check(now):
             return []
         slots = self._alpha - self._active
-        if slots <= 0:
-            return []
         out: list[NodeInfo] = []
+        fresh = 0
         needed = self._k
+        rank = 0
         for cand in self._cands:
+            if cand.given_up:
+                continue
             state = cand.state
             if state is _State.RESPONDED:
                 needed -= 1
                 if needed == 0:
                     break
             elif state is _State.NEW:
-                cand.state = _State.IN_FLIGHT
-                cand.attempts = cand.inflight = 1
+                if slots > 0:
+                    cand.state = _State.IN_FLIGHT
+                    cand.holds_slot = True
+                    cand.attempts = cand.inflight = 1
+                    out.append(cand.node)
+                    fresh += 1
+                    slots -= 1
+                elif rank >= self._k:
+                    break  # no slot for it, and no retry is due this far out
+            elif cand.wants_retry and rank < self._k:
+                cand.wants_retry = False
+                cand.attempts += 1
+                cand.inflight += 1
+                self._pending += 1
+                self.retries += 1
                 out.append(cand.node)
-                slots -= 1
-                if slots == 0:
-                    break
-        n = len(out)
-        self.queried += n
-        self._active += n
-        self._pending += n
-        if n == 0:
+            rank += 1
+        self.queried += len(out)
+        self._active += fresh
+        self._pending += fresh
+        if not out:
             self._update_finished()
         return out
 
@@ -191,26 +210,24 @@ class Lookup:
             self._unlist(cand)
         self._update_finished()
 
-    def on_slow(self, node: NodeInfo, now: float) -> bool:
-        """A request to `node` passed its short timeout. Returns True when the caller should send it
-        again now (a retry, counted here as in flight); otherwise `node` is given up on: its slot is
-        freed and the lookup no longer waits for it, though a late answer still counts."""
+    def on_slow(self, node: NodeInfo, now: float) -> None:
+        """A request to `node` passed its short timeout: its slot is freed. After the first, a retry is
+        due (see `next_requests`); after the retry, `node` is given up on: the lookup no longer waits
+        for it, though an answer that comes before the end still counts."""
         if self.check(now):
-            return False
+            return
         cand = self._nodes.get(node.id)
-        if cand is None or cand.state is not _State.IN_FLIGHT or cand.slow:
-            return False
-        if cand.attempts < MAX_ATTEMPTS and cand.listed and self._within_k(cand):
-            cand.attempts += 1
-            cand.inflight += 1
-            self._pending += 1
-            self.queried += 1
-            self.retries += 1
-            return True
-        cand.slow = True
-        self._active -= 1
-        self._update_finished()
-        return False
+        if cand is None or cand.state is not _State.IN_FLIGHT or cand.given_up:
+            return
+        if cand.holds_slot:
+            cand.holds_slot = False
+            self._active -= 1
+        if cand.attempts < MAX_ATTEMPTS and cand.listed:
+            cand.wants_retry = True
+        else:
+            cand.wants_retry = False
+            cand.given_up = True
+            self._update_finished()
 
     def stop(self) -> None:
         """End the lookup now (it found what it was after); later events are ignored."""
@@ -221,22 +238,10 @@ class Lookup:
     def _settle(self, cand: _Candidate, requests: int) -> None:
         """`cand` stopped being in flight (its last `requests` requests ended): release its slot."""
         self._pending -= requests
-        if not cand.slow:
+        if cand.holds_slot:
             self._active -= 1
-        cand.slow = False
+        cand.holds_slot = cand.given_up = cand.wants_retry = False
         cand.inflight = 0
-
-    def _within_k(self, cand: _Candidate) -> bool:
-        """Whether `cand` is among the k closest candidates still in the running (not given up)."""
-        rank = 0
-        for other in self._cands:
-            if other is cand:
-                return True
-            if not other.slow:
-                rank += 1
-                if rank >= self._k:
-                    return False
-        return False
 
     def _add(self, nodes: Iterable[NodeInfo], hop: int) -> None:
         target, known, exclude = self.target, self._nodes, self._exclude
@@ -285,7 +290,7 @@ class Lookup:
                 if needed == 0:
                     self._finished = True
                     return
-            elif not cand.slow:
+            elif not cand.given_up:
                 return  # NEW or IN_FLIGHT (failed ones are not listed) closer than the k-th answer
         if self._pending == 0:
             self._finished = True

@@ -100,6 +100,8 @@ class LookupOp(Handler):
         self.on_finish = on_finish
         self.started = now
         self.finished_at: float | None = None
+        self._first: dict[int, Transaction] = {}
+        """The first request to each node asked, by node ID."""
         self._attempts: dict[int, tuple[Transaction, Transaction]] = {}
         """Both requests to each retried node: once one is answered, the other is cancelled."""
         node.active_lookups.add(self)
@@ -122,8 +124,14 @@ class LookupOp(Handler):
         if self.satisfied():
             self.lookup.stop()
         for candidate in self.lookup.next_requests(now):
-            if self.node.send_query(candidate.addr, candidate.id, self.body(), self, now) is None:
+            txn = self.node.send_query(candidate.addr, candidate.id, self.body(), self, now)
+            if txn is None:
                 self.lookup.on_failure(candidate, now)
+                continue
+            first = self._first.setdefault(candidate.id, txn)
+            if first is not txn:  # a retry of a slow request
+                self.node.counters["lookup.retries"] += 1
+                self._attempts[candidate.id] = (first, txn)
         if self.lookup.finished:
             # Requests still in flight stay open: their late answers still refresh the routing table
             # (and their timeouts still count against dead nodes); the lookup ignores them.
@@ -170,14 +178,7 @@ class LookupOp(Handler):
 
     def rpc_slow(self, txn: Transaction, now: float) -> None:
         if self.finished_at is None and txn.node_id is not None:
-            node = NodeInfo(txn.node_id, txn.addr)
-            if self.lookup.on_slow(node, now):
-                retry = self.node.send_query(node.addr, node.id, self.body(), self, now)
-                if retry is None:
-                    self.lookup.on_failure(node, now)
-                else:
-                    self.node.counters["lookup.retries"] += 1
-                    self._attempts[node.id] = (txn, retry)
+            self.lookup.on_slow(NodeInfo(txn.node_id, txn.addr), now)
             self.pump(now)
 
     def lookup_result(self) -> LookupResult:
