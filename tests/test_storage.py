@@ -379,6 +379,7 @@ def test_memory_and_sqlite_agree(ops: list[tuple[Any, ...]]) -> None:
         sql = SqliteStorage.open(Path(tmp) / "k.db", settings, random.Random(1), wall_offset=WALL_OFFSET)
         try:
             now = 0.0
+            targets: set[bytes] = {bytes(20)}  # a target never stored: misses are cached too
             for op in ops:
                 outcomes = []
                 for s in (memory, sql):
@@ -389,25 +390,35 @@ def test_memory_and_sqlite_agree(ops: list[tuple[Any, ...]]) -> None:
                 assert outcomes[0] == outcomes[1], op
                 if op[0] == "tick":
                     now += op[1]
+                # Reads after every step: SqliteStorage serves them from its caches when it can.
                 for ih in range(4):
                     info_hash = bytes([ih]) * 20
-                    assert sorted(memory.get_peers(info_hash, now, 99)) == sorted(
-                        sql.get_peers(info_hash, now, 99)
-                    )
+                    for noseed in (False, True):
+                        assert sorted(memory.get_peers(info_hash, now, 99, noseed=noseed)) == sorted(
+                            sql.get_peers(info_hash, now, 99, noseed=noseed)
+                        )
+                if op[0] in ("put_i", "put_m"):
+                    targets.add(_item_of(op).target)
+                for target in targets:
+                    assert memory.get_item(target, now) == sql.get_item(target, now)
                 assert by_target(memory.items(now)) == by_target(sql.items(now))
                 assert memory.stats(now) == sql.stats(now)
         finally:
             sql.close()
 
 
+def _item_of(op: tuple[Any, ...]) -> Item:
+    if op[0] == "put_i":
+        return immutable(op[1], size=op[3])
+    return mutable(op[1], op[3], _bstr("m", op[4]))
+
+
 def _apply(s: Storage, op: tuple[Any, ...], now: float) -> object:
     kind = op[0]
     if kind == "peer":
         s.add_peer(bytes([op[1]]) * 20, peer(op[2]), now, seed=op[3])
-    elif kind == "put_i":
-        s.put_item(immutable(op[1], size=op[3]), now, source_ip=f"127.0.0.{op[2]}")
-    elif kind == "put_m":
-        s.put_item(mutable(op[1], op[3], _bstr("m", op[4])), now, source_ip=f"127.0.0.{op[2]}")
+    elif kind in ("put_i", "put_m"):
+        s.put_item(_item_of(op), now, source_ip=f"127.0.0.{op[2]}")
     elif kind == "sweep":
         return s.sweep(now)
     return None

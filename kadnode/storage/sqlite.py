@@ -18,14 +18,22 @@ DHT covers anyway: originators re-put their items every hour.
 
 Expiry times on disk are wall-clock seconds: the core runs on a monotonic clock that restarts at each
 boot, so `wall_offset` (wall = now + wall_offset) translates in both directions.
+
+Reads are served from memory where they can be: every get_peers and get query a node answers reads the
+store, and a SELECT costs more than the rest of the answer. The live peers of an info-hash are cached
+until the first of them expires or the info-hash is written; `get_item` results (misses included) sit
+in a bounded LRU until they expire or their target is written. This class is the tables' only writer,
+so a write here is the only thing that can make a cached read stale.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +56,8 @@ log = logging.getLogger(__name__)
 IMMUTABLE = "immutable"
 MUTABLE = "mutable"
 _ITEM_COLUMNS = "target, kind, public_key, salt, seq, signature, value"
+ITEM_CACHE_SIZE = 4096
+"""`get_item` results kept in memory (hits and misses), least recently used dropped first."""
 
 
 def _item_row(item: Item) -> tuple[Any, ...]:
@@ -95,6 +105,10 @@ class SqliteStorage:
         count, size = conn.execute("SELECT COUNT(*), COALESCE(SUM(length(value)), 0) FROM items").fetchone()
         self._item_count: int = count
         self._item_bytes: int = size
+        self._peer_cache: dict[bytes, tuple[list[tuple[Addr, bool]], float]] = {}
+        """info-hash -> (its live peers with their seed flag, the wall time the first of them expires)."""
+        self._item_cache: OrderedDict[bytes, tuple[Item | None, float]] = OrderedDict()
+        """target -> (`get_item`'s answer, the wall time until which it holds)."""
 
     @classmethod
     def open(cls, path: Path, settings: Settings, rng: random.Random, *, wall_offset: float) -> SqliteStorage:
@@ -169,6 +183,7 @@ class SqliteStorage:
                 " seed = excluded.seed, expires_at = excluded.expires_at",
                 (info_hash, host, port, int(seed), now + s.peer_ttl + self.wall_offset),
             )
+        self._peer_cache.pop(info_hash, None)
         if known is None and not evicted:
             self._peer_counts[info_hash] = count + 1
             self._peer_total += 1
@@ -177,12 +192,17 @@ class SqliteStorage:
         """Up to `limit` live peers, a random sample (BEP 33 `noseed` leaves seeds out)."""
         if limit <= 0 or info_hash not in self._peer_counts:
             return []
-        query = "SELECT host, port FROM peers WHERE info_hash = ? AND expires_at > ?"
-        if noseed:
-            query += " AND seed = 0"
-        live: list[Addr] = [
-            (host, port) for host, port in self.conn.execute(query, (info_hash, now + self.wall_offset))
-        ]
+        wall_now = now + self.wall_offset
+        cached = self._peer_cache.get(info_hash)
+        if cached is None or wall_now >= cached[1]:
+            rows = self.conn.execute(
+                "SELECT host, port, seed, expires_at FROM peers WHERE info_hash = ? AND expires_at > ?",
+                (info_hash, wall_now),
+            ).fetchall()
+            cached = ([((host, port), bool(seed)) for host, port, seed, _ in rows],
+                      min((row[3] for row in rows), default=math.inf))
+            self._peer_cache[info_hash] = cached
+        live = [peer for peer, seed in cached[0] if not (noseed and seed)]
         if len(live) <= limit:
             self._rng.shuffle(live)
             return live
@@ -191,11 +211,22 @@ class SqliteStorage:
     # ------------------------------------------------------------------ items
 
     def get_item(self, target: bytes, now: float) -> Item | None:
+        wall_now = now + self.wall_offset
+        cache = self._item_cache
+        cached = cache.get(target)
+        if cached is not None and wall_now < cached[1]:
+            cache.move_to_end(target)
+            return cached[0]
         row = self.conn.execute(
-            f"SELECT {_ITEM_COLUMNS} FROM items WHERE target = ? AND expires_at > ?",
-            (target, now + self.wall_offset),
+            f"SELECT {_ITEM_COLUMNS}, expires_at FROM items WHERE target = ? AND expires_at > ?",
+            (target, wall_now),
         ).fetchone()
-        return None if row is None else _item_from_row(row)
+        item = None if row is None else _item_from_row(row[:-1])
+        cache[target] = (item, math.inf if row is None else row[-1])
+        cache.move_to_end(target)
+        if len(cache) > ITEM_CACHE_SIZE:
+            cache.popitem(last=False)
+        return item
 
     def put_item(self, item: Item, now: float, *, source_ip: str) -> None:
         """Store or replace, committed before returning. A replacement keeps counting against the IP
@@ -220,6 +251,7 @@ class SqliteStorage:
                 raise StorageFull(refusal)
         row = _item_row(item)
         expires_at = wall_now + self._settings.item_ttl
+        self._item_cache.pop(item.target, None)
         with self._write() as conn:
             if old is None:
                 conn.execute(
@@ -324,6 +356,7 @@ class SqliteStorage:
                 "DELETE FROM items WHERE expires_at <= ? RETURNING source_ip, length(value)", (wall_now,)
             ).fetchall()
         for (info_hash,) in peers:
+            self._peer_cache.pop(info_hash, None)
             left = self._peer_counts[info_hash] - 1
             if left:
                 self._peer_counts[info_hash] = left
