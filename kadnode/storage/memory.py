@@ -85,14 +85,14 @@ class MemoryStorage:
         self._peer_expiry[key] = expires_at
 
     def get_peers(self, info_hash: bytes, now: float, limit: int, *, noseed: bool = False) -> list[Addr]:
-        """Up to `limit` live peers, a random sample (BEP 33 `noseed` leaves seeds out)."""
+        """Up to `limit` live peers: all of them when they fit (in no particular order: the asker gets
+        every one anyway), else a random sample. BEP 33 `noseed` leaves seeds out."""
         self._sweep_peers(now)
         peers = self._by_hash.get(info_hash)
         if not peers or limit <= 0:
             return []
         live = [addr for addr, p in peers.items() if p.expires_at > now and not (noseed and p.seed)]
         if len(live) <= limit:
-            self._rng.shuffle(live)
             return live
         return self._rng.sample(live, limit)
 

@@ -189,7 +189,8 @@ class SqliteStorage:
             self._peer_total += 1
 
     def get_peers(self, info_hash: bytes, now: float, limit: int, *, noseed: bool = False) -> list[Addr]:
-        """Up to `limit` live peers, a random sample (BEP 33 `noseed` leaves seeds out)."""
+        """Up to `limit` live peers: all of them when they fit (in no particular order: the asker gets
+        every one anyway), else a random sample. BEP 33 `noseed` leaves seeds out."""
         if limit <= 0 or info_hash not in self._peer_counts:
             return []
         wall_now = now + self.wall_offset
@@ -204,7 +205,6 @@ class SqliteStorage:
             self._peer_cache[info_hash] = cached
         live = [peer for peer, seed in cached[0] if not (noseed and seed)]
         if len(live) <= limit:
-            self._rng.shuffle(live)
             return live
         return self._rng.sample(live, limit)
 
