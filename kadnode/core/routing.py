@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from kadnode.core.nodeid import ID_BITS, ID_SPACE, bep42_acceptable, random_id_in_range
 from kadnode.settings import Settings
 from kadnode.types import Addr, NodeInfo
+from kadnode.wire.compact import encode_nodes
 
 PING_INTERVAL = 60.0
 """An entry offered by ``ping_candidates`` is not offered again for this long (seconds)."""
@@ -52,6 +53,15 @@ class RoutingEntry:
     """Its ID passes BEP 42 for its address (addresses in BEP 42's exempt ranges pass)."""
     last_pinged: float | None = None
     """When ``ping_candidates`` last offered it."""
+    _compact: bytes = field(default=b"", init=False, repr=False, compare=False)
+
+    @property
+    def compact(self) -> bytes:
+        """Its 26-byte BEP 5 compact node info, encoded once: every find_node reply we send is made of these."""
+        compact = self._compact
+        if not compact:
+            compact = self._compact = encode_nodes((self.node_info(),))
+        return compact
 
     def state(self, now: float, settings: Settings) -> NodeState:
         """BEP 5 states: GOOD answered within ``good_interval`` (or has answered ever and queried us within
@@ -142,6 +152,10 @@ class RoutingTable:
         prefix = (self.own_id >> shift) ^ 1
         return prefix << shift, (prefix + 1) << shift
 
+    def bucket_size(self, index: int) -> int:
+        """Live entries in bucket ``index``."""
+        return len(self._buckets[index].live)
+
     def bucket_entries(self, index: int) -> list[RoutingEntry]:
         return list(self._buckets[index].live.values())
 
@@ -157,38 +171,55 @@ class RoutingTable:
 
     # --- updates --------------------------------------------------------------------------------
 
-    def heard_from(self, node: NodeInfo, now: float, *, responded: bool, rtt: float | None = None) -> None:
+    def heard_from(
+        self, node: NodeInfo, now: float, *, responded: bool, rtt: float | None = None
+    ) -> RoutingEntry | None:
         """Record that ``node`` answered us (``responded``) or queried us, inserting it if it is new.
+        Returns ``get(node.id)`` afterwards: its live entry, or None (refused, or waiting in a replacement
+        cache), so that callers need not look it up again.
 
         A known ID arriving from another address is ignored unless the known entry is BAD (so a forged
         source cannot hijack a live entry). With ``enforce_node_id`` a new node whose ID fails BEP 42
         (outside the exempt ranges) is refused.
         """
         node_id = node.id
-        if node_id == self.own_id:
-            return
+        own_id = self.own_id
+        if node_id == own_id:
+            return None
         if not 0 <= node_id < ID_SPACE:
             raise ValueError("node id out of range")
-        bucket = self._bucket_of(node_id)
-        for pool in (bucket.live, bucket.replacements):
+        buckets = self._buckets
+        bucket = buckets[min(ID_BITS - (node_id ^ own_id).bit_length(), len(buckets) - 1)]
+        live = bucket.live
+        entry = live.get(node_id)
+        if entry is not None and entry.addr == node.addr:  # the common case: a known live node
+            self._update(entry, now, responded, rtt)
+            if responded:
+                bucket.last_changed = now
+            return entry
+        for pool in (live, bucket.replacements):
             entry = pool.get(node_id)
             if entry is None:
                 continue
             if entry.addr != node.addr:
                 if entry.failures < self._max_failures:
-                    return
+                    return live.get(node_id)
                 fresh = self._new_entry(node, now)
                 if fresh is None:
-                    return
+                    return live.get(node_id)
                 pool[node_id] = entry = fresh
             self._update(entry, now, responded, rtt)
-            if responded and pool is bucket.live:
-                bucket.last_changed = now
-            return
+            if pool is live:
+                if responded:
+                    bucket.last_changed = now
+                return entry
+            return None
         entry = self._new_entry(node, now)
-        if entry is not None:
-            self._update(entry, now, responded, rtt)
-            self._insert(entry, now)
+        if entry is None:
+            return None
+        self._update(entry, now, responded, rtt)
+        self._insert(entry, now)
+        return self.get(node_id)
 
     def failed(self, node_id: int, now: float, *, addr: Addr | None = None) -> None:
         """Count a failed request to ``node_id``; a BAD entry leaves only if a replacement waits.

@@ -5,12 +5,14 @@ Kept apart from the CLI so that benchmarks and tests can call `run_sim` and read
 
 from __future__ import annotations
 
+import gc
 import random
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -101,6 +103,30 @@ def run_sim(nodes: int, *, seed: int, churn_fraction: float = 0.0, loss: float =
             links: LinkModel | None = None, progress: Progress = _no_progress) -> SimReport:
     """Grow `nodes` nodes, run `lookups` lookups; then, if asked, crash `churn_fraction` of the nodes,
     join as many new ones, turn on `loss` and run the lookups again."""
+    with cyclic_gc_paused():
+        return _run_sim(nodes, seed, churn_fraction, loss, lookups, links, progress)
+
+
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector (reference counting goes on).
+
+    A large simulation holds millions of long-lived objects (routing entries, lookups, RTT estimates),
+    and the collector re-scans all of them each time the heap has grown by a quarter: 21% of the CPU
+    time of a 5,000-node run. What the simulator frees, reference counting frees: peak RSS is the same
+    with the collector paused (1,118 vs 1,124 MB at 5,000 nodes). It resumes afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _run_sim(nodes: int, seed: int, churn_fraction: float, loss: float, lookups: int, links: LinkModel | None,
+             progress: Progress) -> SimReport:
     net = SimNetwork(seed, links=links)
     rng = random.Random(seed ^ 0x100C)
     started = time.perf_counter()

@@ -5,6 +5,10 @@ Python recursion), bounded in depth and in token count, never allocates more tha
 only the one canonical encoding of a value. Canonical input means `bencode(bdecode(x)) == x`, which keeps
 signatures over re-encoded values (BEP 44) exact. Every rejection is a `BencodeError` with a short
 `reason` that the node counts; nothing else escapes.
+
+Every datagram goes through here, so the shapes KRPC messages have (a dict of strings, integers, lists
+and one level of inner dicts) take a fast path first, which hands anything unusual or invalid to the
+general decoder; the encoder likewise writes plain dicts, strings and integers without dispatch.
 """
 
 from __future__ import annotations
@@ -73,6 +77,15 @@ def bdecode(data: bytes | bytearray | memoryview, *, max_depth: int = 10, max_it
     n = len(data)
     if n == 0:
         raise BencodeError("empty", "no input")
+    if max_depth >= _FAST_DEPTH:
+        fast = _decode_flat(data, n, max_items)
+        if fast is not None:
+            return fast
+    return _decode_general(data, n, max_depth, max_items)
+
+
+def _decode_general(data: bytes, n: int, max_depth: int, max_items: int) -> Bencoded:
+    """Any value, every check, with the precise reason for a rejection."""
     # A string length with more digits than the input's own length cannot fit; never int() it.
     max_len_digits = len(str(n))
     frames: list[list[Bencoded]] = []  # open containers; a dict collects key, value, key, value, ...
@@ -152,6 +165,117 @@ def bdecode(data: bytes | bytearray | memoryview, *, max_depth: int = 10, max_it
         frames[-1].append(value)
 
 
+_FAST_DEPTH = 3
+"""Nesting the fast path handles: a message dict, its `a`/`r` dict, and a list in that (`values`)."""
+
+
+def _decode_flat(data: bytes, n: int, max_items: int) -> dict[bytes, Bencoded] | None:
+    """The KRPC shapes, fast: a dict of strings, ints, lists of those, and dicts of those three.
+
+    A pure shortcut: it accepts only canonical input within the limits, returns exactly what the general
+    decoder would, and returns None on anything else (a deeper value, an empty key, a negative integer,
+    any error) so that the general decoder decides, with its precise reason.
+    """
+    if data[0] != _D:
+        return None
+    try:
+        top, pos, items = _flat_dict(data, 1, True)
+    except (_NotFlat, IndexError, ValueError):
+        return None
+    if pos != n or items > max_items:
+        return None
+    return top
+
+
+class _NotFlat(Exception):
+    """Internal: leave this input to the general decoder."""
+
+
+def _flat_dict(data: bytes, pos: int, nest: bool) -> tuple[dict[bytes, Bencoded], int, int]:
+    """The dict whose body starts at `pos`: (value, position after its 'e', tokens incl. itself).
+
+    Raises _NotFlat, IndexError (truncated) or ValueError when the input is not for the fast path.
+    """
+    out: dict[bytes, Bencoded] = {}
+    items = 1
+    last = b""
+    n = len(data)
+    while True:
+        c = data[pos]
+        if c == 0x65:  # e
+            return out, pos + 1, items
+        # The key: a string of 1 to 99 bytes ("0:" is valid but rare, and must come first).
+        if 0x30 < c <= 0x39 and data[pos + 1] == 0x3A:
+            start = pos + 2
+            end = start + c - 0x30
+        elif 0x30 < c <= 0x39 and data[pos + 2] == 0x3A and 0x30 <= data[pos + 1] <= 0x39:
+            start = pos + 3
+            end = start + (c - 0x30) * 10 + data[pos + 1] - 0x30
+        else:
+            raise _NotFlat
+        key = data[start:end]
+        if end > n or key <= last:  # also refuses a repeated key; b"" cannot be a key here
+            raise _NotFlat
+        last = key
+        pos = end
+        c = data[pos]
+        value: Bencoded
+        if 0x30 <= c <= 0x39:
+            value, pos = _flat_str(data, pos, c, n)
+        elif c == 0x69:  # i
+            value, pos = _flat_int(data, pos)
+        elif c == 0x6C:  # l
+            value, pos, count = _flat_list(data, pos + 1, n)
+            items += count - 1
+        elif c == 0x64 and nest:  # d
+            value, pos, count = _flat_dict(data, pos + 1, False)
+            items += count - 1
+        else:
+            raise _NotFlat
+        out[key] = value
+        items += 2
+
+
+def _flat_str(data: bytes, pos: int, c: int, n: int) -> tuple[bytes, int]:
+    if data[pos + 1] == 0x3A:
+        start = pos + 2
+        end = start + c - 0x30
+    else:
+        colon = data.index(b":", pos, pos + 6)  # ValueError: more than 5 digits, longer than any datagram
+        digits = data[pos:colon]
+        if c == 0x30 or not digits.isdigit():
+            raise _NotFlat
+        start = colon + 1
+        end = start + int(digits)
+    if end > n:
+        raise _NotFlat
+    return data[start:end], end
+
+
+def _flat_int(data: bytes, pos: int) -> tuple[int, int]:
+    end = data.index(b"e", pos + 1, pos + 2 + MAX_INT_DIGITS)
+    text = data[pos + 1 : end]
+    if not text.isdigit() or (text[0] == 0x30 and len(text) > 1):
+        raise _NotFlat  # negative, empty, non-digit, leading zero
+    return int(text), end + 1
+
+
+def _flat_list(data: bytes, pos: int, n: int) -> tuple[list[Bencoded], int, int]:
+    out: list[Bencoded] = []
+    while True:
+        c = data[pos]
+        if c == 0x65:  # e
+            return out, pos + 1, len(out) + 1
+        if 0x30 <= c <= 0x39:
+            value, pos = _flat_str(data, pos, c, n)
+            out.append(value)
+        elif c == 0x69:  # i
+            number, pos = _flat_int(data, pos)
+            out.append(number)
+        else:
+            raise _NotFlat
+
+
 def _decode_int(data: bytes, pos: int, n: int) -> tuple[int, int]:
     """Parse `i<digits>e` at `pos`; return the value and the position after it."""
     window = pos + MAX_INT_DIGITS + 3  # "i", "-", digits, "e"
@@ -208,23 +332,42 @@ def bencode(value: Bencodable) -> bytes:
 
 def _encode(value: object, out: list[bytes]) -> None:
     # Fast paths for the exact types KRPC messages are made of; everything else takes the general road.
-    if type(value) is bytes:
-        out.append(b"%d:%s" % (len(value), value))
-    elif type(value) is int:
-        out.append(b"i%de" % value)
-    elif type(value) is dict and all(type(key) is bytes for key in value):
-        out.append(b"d")
-        for key in sorted(value):
-            out.append(b"%d:%s" % (len(key), key))
-            _encode(value[key], out)
-        out.append(b"e")
-    elif type(value) is list:
+    kind = type(value)
+    if kind is bytes:
+        out.append(b"%d:%s" % (len(value), value))  # type: ignore[arg-type]
+    elif kind is dict:
+        _encode_dict(value, out)  # type: ignore[arg-type]
+    elif kind is int:
+        out.append(b"i%de" % value)  # type: ignore[str-format]
+    elif kind is list:
         out.append(b"l")
-        for item in value:
+        for item in value:  # type: ignore[attr-defined]
             _encode(item, out)
         out.append(b"e")
     else:
         _encode_general(value, out)
+
+
+def _encode_dict(value: dict[object, object], out: list[bytes]) -> None:
+    """A plain dict: bytes keys sorted, string values written with their key in one piece."""
+    mark = len(out)
+    out.append(b"d")
+    try:
+        keys = sorted(value)  # type: ignore[type-var]
+    except TypeError:  # bytes and str keys mixed
+        keys = [None]
+    for key in keys:
+        if type(key) is not bytes:  # str keys (or mixed): the general road sorts them as bytes
+            del out[mark:]
+            _encode_general(value, out)
+            return
+        item = value[key]
+        if type(item) is bytes:
+            out.append(b"%d:%s%d:%s" % (len(key), key, len(item), item))
+        else:
+            out.append(b"%d:%s" % (len(key), key))
+            _encode(item, out)
+    out.append(b"e")
 
 
 def _encode_general(value: object, out: list[bytes]) -> None:

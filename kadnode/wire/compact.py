@@ -16,6 +16,10 @@ ID_BYTES = 20
 PEER_BYTES = 6
 NODE_BYTES = ID_BYTES + PEER_BYTES
 _ID_LIMIT = 1 << (8 * ID_BYTES)
+NODE_CACHE_SIZE = 16384
+"""Decoded compact nodes kept for reuse (about 6 MB when full): more than a large simulation holds."""
+IPV4_CACHE_SIZE = 16384
+"""Packed IPv4 addresses kept for reuse."""
 
 
 class CompactError(ValueError):
@@ -32,7 +36,7 @@ def encode_peer(addr: Addr) -> bytes:
     return _pack_ipv4(host) + port.to_bytes(2, "big")
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=IPV4_CACHE_SIZE)
 def _pack_ipv4(host: str) -> bytes:
     """inet_pton, cached: a node encodes the same few hundred table endpoints over and over."""
     try:
@@ -63,14 +67,16 @@ def decode_nodes(data: bytes) -> list[NodeInfo]:
     """Every node in a compact node string (its length must be a multiple of 26)."""
     if len(data) % NODE_BYTES:
         raise CompactError(f"compact node info length {len(data)} is not a multiple of {NODE_BYTES}")
-    inet_ntoa = socket.inet_ntoa
-    return [
-        NodeInfo(
-            int.from_bytes(data[i : i + ID_BYTES], "big"),
-            (inet_ntoa(data[i + ID_BYTES : i + ID_BYTES + 4]), int.from_bytes(data[i + 24 : i + 26], "big")),
-        )
-        for i in range(0, len(data), NODE_BYTES)
-    ]
+    node = _decode_node
+    return [node(data[i : i + NODE_BYTES]) for i in range(0, len(data), NODE_BYTES)]
+
+
+@lru_cache(maxsize=NODE_CACHE_SIZE)
+def _decode_node(data: bytes) -> NodeInfo:
+    """One 26-byte node, interned: a node hears of the same few thousand nodes in reply after reply, and
+    every lookup that holds one then shares one object (NodeInfo is immutable)."""
+    addr = (socket.inet_ntoa(data[ID_BYTES:24]), int.from_bytes(data[24:], "big"))
+    return NodeInfo(int.from_bytes(data[:ID_BYTES], "big"), addr)
 
 
 def id_to_bytes(node_id: int) -> bytes:
