@@ -42,13 +42,13 @@ def test_lookups_agree_with_brute_force() -> None:
     check(net, sum(stats.queried) / stats.total <= 30, f"{sum(stats.queried) / stats.total:.1f} requests per lookup")
 
 
-# (loss, minimum mean overlap, minimum exact share, minimum mean nodes returned). A node is found
-# only if its request and its reply both arrive, (1 - loss)^2 of them (0.81 at 10%, 0.49 at 30%),
-# because the lookup does not retry a node whose request timed out. Seeds 403/404 measure an overlap
-# of 0.785 / 0.458, 12% / 0% exact, and 8 / 7.97 nodes returned per lookup (at 30% loss a few lookups
-# run out of answering candidates and return 6). The thresholds sit just below: a lookup that stopped
-# at its first timeout, or let slow requests hold its alpha slots, falls far below them.
-LOSS_CASES = [(0.10, 0.72, 0.05, 8.0), (0.30, 0.40, 0.0, 7.5)]
+# (loss, minimum mean overlap, minimum exact share, minimum mean nodes returned). A request and its
+# reply both arrive with probability (1 - loss)^2 (0.81 at 10%, 0.49 at 30%); a lookup retries a slow
+# node among its k closest once, which lifts that to 0.96 and 0.74 for the nodes that matter. Seeds
+# 403/404 measure an overlap of 0.971 / 0.740, 80% / 12% exact, and 8 / 7.97 nodes returned per
+# lookup (at 30% loss a few lookups run out of answering candidates). The thresholds sit just below;
+# without the retry the overlap was 0.785 / 0.458 and 12% / 0% exact.
+LOSS_CASES = [(0.10, 0.95, 0.70, 8.0), (0.30, 0.70, 0.08, 7.5)]
 
 
 @pytest.mark.parametrize(("loss", "min_overlap", "min_exact", "min_returned"), LOSS_CASES,
