@@ -28,7 +28,7 @@ async def test_routing_tables_hold_only_real_nodes_and_values_are_found(monkeypa
         real = {f"{HOST}:{port}" for port in cluster.ports}
         for index, runner in enumerate(cluster.runners):
             listed = set(re.findall(r"\b127\.\d+\.\d+\.\d+:\d+\b", runner.getRoutingTablesLog(socket.AF_INET)))
-            assert len(listed) >= NODES // 2, f"node {index} knows only {sorted(listed)}"
+            assert len(listed) >= 3, f"node {index} knows only {sorted(listed)}"
             # Broken, 7 to 9 of the 8 to 10 contacts of every node but the seed were such addresses.
             assert listed <= real, f"node {index} lists addresses where no node listens: {sorted(listed - real)}"
         for i in range(5):

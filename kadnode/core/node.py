@@ -95,6 +95,14 @@ EXTERNAL_IP_VOTES = 64
 Timer = tuple[float, int, Callable[[float], None]]
 
 
+_QUERIES_IN: dict[type, str] = {
+    cls: f"queries_in.{cls.method.decode('ascii')}" for cls in (Ping, FindNode, GetPeers, AnnouncePeer, Get, Put)
+}
+"""Counter names of the known queries, formatted once (every incoming query bumps one)."""
+PEER_ENCODING_CACHE = 4096
+"""Compact forms of stored peers kept for get_peers replies (emptied when full)."""
+
+
 def method_name(body: QueryBody) -> str:
     """The KRPC method name of a query body, as used in counters and transactions.
 
@@ -129,6 +137,7 @@ class NodeCore:
         self.active_lookups: set[LookupOp] = set()
         self._id_bytes = id_to_bytes(node_id)
         self._outgoing: list[tuple[bytes, Addr]] = []
+        self._peer_encodings: dict[Addr, bytes] = {}
         self._timers: list[Timer] = []
         self._timer_seq = 0
         self._ip_votes: deque[Addr] = deque()
@@ -207,7 +216,7 @@ class NodeCore:
 
     def _handle_query(self, query: Query, addr: Addr, now: float) -> None:
         body = query.body
-        self.counters[f"queries_in.{method_name(body)}"] += 1
+        self.counters[_QUERIES_IN.get(type(body), "queries_in.unknown")] += 1
         sender = id_from_bytes(query.sender_id)
         if sender == self.node_id:
             self.counters["dropped.own_id"] += 1
@@ -254,7 +263,10 @@ class NodeCore:
         values = self._token_and_nodes(body.info_hash, addr, now)
         peers = self.storage.get_peers(body.info_hash, now, self.settings.max_peers_per_reply, noseed=body.noseed)
         if peers:
-            values[b"values"] = [encode_peer(p) for p in peers]
+            cache = self._peer_encodings
+            if len(cache) > PEER_ENCODING_CACHE:
+                cache.clear()
+            values[b"values"] = [cache.get(p) or cache.setdefault(p, encode_peer(p)) for p in peers]
         self._send_response(tid, values, addr)
 
     def _refuse(self, tid: bytes, code: int, text: str, reason: str, addr: Addr) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -384,7 +384,14 @@ class RoutingTable:
         if len(cache) >= self._settings.replacement_cache_size:
             if not cache:
                 return
-            worst = min(cache.values(), key=_replacement_rank)
+            pool: Iterable[RoutingEntry] = cache.values()
+            if entry.last_response is None or entry.failures:
+                # A newcomer that has not answered us can only beat replacements that have not either:
+                # the common case (a stranger's query) is settled without ranking the whole cache.
+                pool = [e for e in pool if e.last_response is None or e.failures]
+                if not pool:
+                    return
+            worst = min(pool, key=_replacement_rank)
             if _replacement_rank(entry) <= _replacement_rank(worst):
                 return
             del cache[worst.id]

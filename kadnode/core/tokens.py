@@ -19,6 +19,9 @@ from kadnode.settings import Settings
 TOKEN_SIZE = 8
 """Bytes per token: short keeps replies small; 64 bits are far beyond guessing within 10 minutes."""
 _SECRET_SIZE = 16
+TOKEN_CACHE_SIZE = 4096
+"""Tokens under the current secret kept per IP: every get_peers, get and find_node-like reply needs
+one, and an asker usually asks again soon. Emptied at each rotation, and when full."""
 
 
 class TokenManager:
@@ -30,6 +33,8 @@ class TokenManager:
         self._current = rng.randbytes(_SECRET_SIZE)
         self._previous: bytes | None = None
         self._epoch_start: float | None = None
+        self._issued: dict[str, bytes] = {}
+        """ip -> its token under the current secret."""
 
     def _rotate(self, now: float) -> None:
         if self._epoch_start is None:
@@ -43,6 +48,7 @@ class TokenManager:
         self._previous = self._current if epochs == 1 else self._rng.randbytes(_SECRET_SIZE)
         self._current = self._rng.randbytes(_SECRET_SIZE)
         self._epoch_start += epochs * self._interval
+        self._issued.clear()
 
     @staticmethod
     def _token(secret: bytes, ip: str) -> bytes:
@@ -51,7 +57,12 @@ class TokenManager:
     def token_for(self, ip: str, now: float) -> bytes:
         """The token to hand out in a get_peers reply to ``ip`` (BEP 5 binds it to the IP only)."""
         self._rotate(now)
-        return self._token(self._current, ip)
+        token = self._issued.get(ip)
+        if token is None:
+            if len(self._issued) >= TOKEN_CACHE_SIZE:
+                self._issued.clear()
+            token = self._issued[ip] = self._token(self._current, ip)
+        return token
 
     def is_valid(self, token: bytes, ip: str, now: float) -> bool:
         """Whether ``token`` was issued to ``ip`` under the current or the previous secret."""
