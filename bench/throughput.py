@@ -31,6 +31,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -269,6 +270,16 @@ def populate_storage(daemon: Addr, rng: random.Random, info_hashes: int, items: 
 # ---------------------------------------------------------------------- processes
 
 
+def daemon_codec(cwd: Path) -> str:
+    """"compiled" when the daemon's bencode module (as `python -m kadnode` finds it from `cwd`) is the
+    mypyc build `pip install .` makes, else "pure Python"."""
+    found = subprocess.run(
+        [sys.executable, "-c", "import kadnode.wire.bencode as b; print(b.__file__)"],
+        cwd=cwd, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return "compiled" if found.stdout.strip().endswith(".so") else "pure Python"
+
+
 class Daemon:
     """One `kadnode run` subprocess with its own TOML config and data dir."""
 
@@ -289,9 +300,11 @@ class Daemon:
             "rate_limit_per_second = 0\n"
         )
         with self.log_path.open("ab") as out:
+            # Started outside the checkout, so that `-m kadnode` is the installed package (compiled by
+            # `pip install .`; an editable install is the source tree either way).
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "kadnode", "run", "--config", str(self.config),
-                stdout=out, stderr=asyncio.subprocess.STDOUT,
+                stdout=out, stderr=asyncio.subprocess.STDOUT, cwd=self.workdir,
             )  # fmt: skip
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
@@ -507,6 +520,7 @@ async def run_benchmark(
     try:
         await daemon.start()
         report["environment"]["daemon_rate_limit_per_second"] = 0
+        report["environment"]["daemon_codec"] = daemon_codec(workdir)
         log(f"daemon {daemon.node_id:040x} on {daemon.addr[0]}:{daemon.addr[1]} (pid {daemon.pid})")
         for n, node_id in enumerate(helper_ids(daemon.node_id, helpers, rng)):
             node = Node(f"{HELPER_NET}{n + 1}", 0, node_id=node_id)
@@ -701,6 +715,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"{'flat' if server['rss_flat'] else 'GROWING'})"
         )
     env = report["environment"]
+    out.append(f"daemon's bencode codec: {env.get('daemon_codec', 'unknown')} (`pip install .` compiles it)")
     out.append(
         f"machine: {env['cpus']} CPUs, load average {env['loadavg_start'][0]:.2f} at start and "
         f"{env['loadavg_end'][0]:.2f} at end (with other work running, rows measured minutes apart may see "
