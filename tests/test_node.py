@@ -225,3 +225,36 @@ def test_mutated_valid_messages_never_escape(data: st.DataObject) -> None:
     core.datagram_received(mutated, PEER, 1.0)
     for out, _ in core.take_outgoing():
         decode_message(out)
+
+
+def test_a_lost_request_retried_and_answered_is_no_failure_against_the_node() -> None:
+    """A lookup retries a slow node once; when the retry is answered, the first request is cancelled, so
+    its timeout does not count against a node that answered (nor mark it questionable)."""
+    core = make_core()
+    peer_id = int.from_bytes(PEER_ID, "big")
+    core.routing_table.heard_from(NodeInfo(peer_id, PEER), 0.0, responded=True)
+    results: list[object] = []
+    core.find_node(12345, 0.0, results.append)
+
+    def queries_to_peer() -> list[Query]:
+        sent = [decode_message(d) for d, a in core.take_outgoing() if a == PEER]
+        return [m for m in sent if isinstance(m, Query)]
+
+    first = queries_to_peer()
+    assert len(first) == 1  # the only node we know; its datagram is "lost"
+    now = 0.0
+    retry: list[Query] = []
+    while not retry:  # the short timeout passes: the same node is asked again
+        deadline = core.next_deadline()
+        assert deadline is not None and deadline < 5
+        now = deadline
+        core.advance(now)
+        retry = queries_to_peer()
+    assert retry[0].tid != first[0].tid and core.counters["lookup.retries"] == 1
+    reply = Response(tid=retry[0].tid, sender_id=PEER_ID, values={b"nodes": b""})
+    core.datagram_received(encode_message(reply), PEER, now + 0.01)
+    assert len(results) == 1  # the lookup is done
+    core.advance(now + 30.0)  # long past the first request's full timeout
+    entry = core.routing_table.get(peer_id)
+    assert entry is not None and entry.failures == 0
+    assert core.counters["rpc.timeouts"] == 0
