@@ -31,6 +31,7 @@ from kadnode.wire.krpc import (
     UnknownMethod,
     decode_message,
     encode_message,
+    encode_response,
     response_item,
     response_nodes,
     response_peers,
@@ -666,3 +667,11 @@ def test_encode_message_matches_bencode_of_the_dict(msg: Message, as_dict: dict[
 def test_encode_message_refuses_other_values() -> None:
     with pytest.raises(TypeError):
         encode_message(Ping())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("version", [None, b"KN\x00\x01"])
+@pytest.mark.parametrize("ip", [None, ("127.0.0.9", 6881)])
+def test_encode_response_is_encode_message_of_a_response(version: bytes | None, ip: tuple[str, int] | None) -> None:
+    values = {b"id": ID_M, b"nodes": b"x" * 26, b"token": b"tok"}
+    expected = encode_message(Response(tid=b"tx", sender_id=ID_M, values=dict(values), version=version, ip=ip))
+    assert encode_response(b"tx", values, version, ip) == expected

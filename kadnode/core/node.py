@@ -72,6 +72,7 @@ from kadnode.wire.krpc import (
     UnknownMethod,
     decode_message,
     encode_message,
+    encode_response,
     response_item,
     response_token,
 )
@@ -391,9 +392,7 @@ class NodeCore:
 
     def _send_response(self, tid: bytes, values: dict[bytes, Any], addr: Addr) -> None:
         values[b"id"] = self._id_bytes
-        message = Response(tid=tid, sender_id=self._id_bytes, values=values,
-                           version=self.settings.client_version, ip=addr)
-        self._outgoing.append((encode_message(message), addr))
+        self._outgoing.append((encode_response(tid, values, self.settings.client_version, addr), addr))
         self.counters["responses_out"] += 1
 
     def _send_error(self, tid: bytes, code: int, text: str, addr: Addr) -> None:

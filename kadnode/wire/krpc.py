@@ -360,11 +360,7 @@ def encode_message(msg: Message) -> bytes:
         tail = b"1:y1:qe"
     elif kind is Response:
         assert isinstance(msg, Response)
-        parts = [b"d"]
-        if msg.ip is not None:
-            parts += (b"2:ip6:", encode_peer(msg.ip))
-        parts += (b"1:r", bencode(msg.values))
-        tail = b"1:y1:re"
+        return encode_response(msg.tid, msg.values, msg.version, msg.ip)
     elif kind is ErrorReply:
         assert isinstance(msg, ErrorReply)
         parts = [b"d1:e", bencode([msg.code, msg.message])]
@@ -375,6 +371,19 @@ def encode_message(msg: Message) -> bytes:
     if msg.version is not None:
         parts += (b"1:v", _string(msg.version))
     parts.append(tail)
+    return b"".join(parts)
+
+
+def encode_response(tid: bytes, values: dict[bytes, Any], version: bytes | None, ip: Addr | None) -> bytes:
+    """`encode_message` of a Response, without building one: a node answers every query through here.
+    `values` must hold the responder's `id` (Response checks that; this does not)."""
+    parts = [b"d"]
+    if ip is not None:
+        parts += (b"2:ip6:", encode_peer(ip))
+    parts += (b"1:r", bencode(values), b"1:t", _string(tid))
+    if version is not None:
+        parts += (b"1:v", _string(version))
+    parts.append(b"1:y1:re")
     return b"".join(parts)
 
 
