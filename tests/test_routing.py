@@ -457,3 +457,36 @@ def test_entry_compact_is_its_node_info() -> None:
     assert entry is not None
     assert entry.compact == encode_nodes([NodeInfo(TOP + 5, ("127.0.3.4", 6881))])
     assert entry.compact is entry.compact  # encoded once
+
+
+def test_a_stranger_that_found_no_room_is_turned_away_for_a_minute_unless_it_answers() -> None:
+    t = table(own_id=0, k=2, replacement_cache_size=1, max_failures=2)
+    for low in (1, 2, 3):  # bucket 0 (far half) full of answering nodes, and its one replacement too
+        t.heard_from(node(TOP | low), 0.0, responded=True)
+    assert len(t.bucket_replacements(0)) == 1
+    stranger = node(TOP | 9)
+    assert t.heard_from(stranger, 1.0, responded=False) is None  # no room: turned away
+    # Room opens: a live node turns BAD, the waiting replacement takes its place, the cache is empty.
+    live = t.bucket_entries(0)[0].id
+    t.failed(live, 2.0)
+    t.failed(live, 2.0)
+    assert t.bucket_replacements(0) == []
+    # For a minute the stranger's queries are not examined...
+    t.heard_from(stranger, 30.0, responded=False)
+    assert t.bucket_replacements(0) == []
+    # ...then its query is examined again, and it waits as a replacement.
+    t.heard_from(stranger, 61.5, responded=False)
+    assert [e.id for e in t.bucket_replacements(0)] == [TOP | 9]
+    check_invariants(t)
+
+
+def test_a_turned_away_stranger_that_answers_us_is_examined_at_once() -> None:
+    t = table(own_id=0, k=2, replacement_cache_size=1)
+    for low in (1, 2, 3):  # two live nodes and one replacement, all answering
+        t.heard_from(node(TOP | low), 0.0, responded=True)
+    stranger = node(TOP | 9)
+    t.heard_from(stranger, 1.0, responded=False)  # turned away: it cannot outrank a node that answers
+    assert TOP | 9 not in [e.id for e in t.bucket_replacements(0)]
+    t.heard_from(stranger, 2.0, responded=True)  # its answer is news: it now outranks the replacement
+    assert [e.id for e in t.bucket_replacements(0)] == [TOP | 9]
+    check_invariants(t)

@@ -26,6 +26,13 @@ PING_INTERVAL = 60.0
 """An entry offered by ``ping_candidates`` is not offered again for this long (seconds)."""
 RTT_WEIGHT = 0.25
 """Weight of a new round-trip sample in an entry's RTT moving average."""
+TURNED_AWAY_SECONDS = 60.0
+"""A querying stranger that found no room (full bucket, no weaker replacement) is not examined again for
+this long, unless it answers us: a busy node hears the same strangers many times a second, and each
+examination built an entry only to drop it. A minute's delay before a newcomer may wait as a
+replacement costs nothing."""
+TURNED_AWAY_MAX = 4096
+"""Turned-away strangers remembered; the memory is emptied when full."""
 
 
 class NodeState(Enum):
@@ -111,6 +118,8 @@ class RoutingTable:
         self._k = settings.k
         self._max_failures = settings.max_failures
         self._buckets: list[_Bucket] = [_Bucket(now)]
+        self._turned_away: dict[int, float] = {}
+        """IDs of querying strangers that found no room, and until when to turn them away unexamined."""
 
     # --- sizes and inspection -------------------------------------------------------------------
 
@@ -214,6 +223,10 @@ class RoutingTable:
                     bucket.last_changed = now
                 return entry
             return None
+        if not responded:
+            until = self._turned_away.get(node_id)
+            if until is not None and now < until:
+                return None  # found no room moments ago: a busy node hears strangers again and again
         entry = self._new_entry(node, now)
         if entry is None:
             return None
@@ -377,25 +390,31 @@ class RoutingTable:
             bucket.live[entry.id] = entry
             bucket.last_changed = now
             return
-        self._add_replacement(bucket, entry)
+        if not self._add_replacement(bucket, entry) and entry.last_response is None:
+            turned_away = self._turned_away
+            if len(turned_away) >= TURNED_AWAY_MAX:
+                turned_away.clear()
+            turned_away[entry.id] = now + TURNED_AWAY_SECONDS
 
-    def _add_replacement(self, bucket: _Bucket, entry: RoutingEntry) -> None:
+    def _add_replacement(self, bucket: _Bucket, entry: RoutingEntry) -> bool:
+        """Put `entry` in the bucket's replacement cache if it outranks someone there; True if it did."""
         cache = bucket.replacements
         if len(cache) >= self._settings.replacement_cache_size:
             if not cache:
-                return
+                return False
             pool: Iterable[RoutingEntry] = cache.values()
             if entry.last_response is None or entry.failures:
                 # A newcomer that has not answered us can only beat replacements that have not either:
                 # the common case (a stranger's query) is settled without ranking the whole cache.
                 pool = [e for e in pool if e.last_response is None or e.failures]
                 if not pool:
-                    return
+                    return False
             worst = min(pool, key=_replacement_rank)
             if _replacement_rank(entry) <= _replacement_rank(worst):
-                return
+                return False
             del cache[worst.id]
         cache[entry.id] = entry
+        return True
 
     def _promote(self, bucket: _Bucket, now: float | None) -> None:
         while bucket.replacements and len(bucket.live) < self._k:
