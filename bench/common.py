@@ -8,15 +8,18 @@ Nothing here touches the host's own network configuration.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 NETNS_ENV = "KADBENCH_NETNS"
@@ -198,3 +201,29 @@ class PacketFilter:
             if LOSS_COMMENT in line:
                 total += int(line.split()[0])
         return total
+
+
+def run_json_worker(
+    module: str, worker_args: Sequence[str], timeout: float, failure: dict[str, Any]
+) -> dict[str, Any]:
+    """Run `python -m module --worker-out FILE *worker_args` from the checkout root (in a process of its
+    own: its threads, memory and leftovers go with it) and return the JSON it wrote there, with
+    `worker_seconds`; on a non-zero exit or a timeout, `failure` with an "error"."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        out_path = handle.name
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    cmd = [sys.executable, "-m", module, "--worker-out", out_path, *worker_args]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, timeout=timeout, cwd=root, env=env)
+        if done.returncode != 0:
+            return {**failure, "error": f"worker exited with status {done.returncode}"}
+        with open(out_path) as handle:
+            result: dict[str, Any] = json.load(handle)
+        result["worker_seconds"] = round(time.perf_counter() - started, 1)
+        return result
+    except subprocess.TimeoutExpired:
+        return {**failure, "error": f"worker did not finish within {timeout:g} s"}
+    finally:
+        os.unlink(out_path)

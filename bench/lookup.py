@@ -24,9 +24,7 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -41,6 +39,7 @@ from bench.common import (
     loopback_addresses,
     netns_tools_available,
     reexec_in_netns,
+    run_json_worker,
     summarize,
 )
 from bench.peers import IMPLEMENTATIONS, make_cluster
@@ -226,31 +225,14 @@ async def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_worker(impl: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one implementation in its own process (isolates threads, memory and leftovers)."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
-        out_path = handle.name
-    cmd = [
-        sys.executable, "-m", "bench.lookup", "--worker", impl, "--worker-out", out_path,
-        "--nodes", str(args.nodes), "--ops", str(args.ops), "--seed", str(args.seed),
+    worker_args = [
+        "--worker", impl, "--nodes", str(args.nodes), "--ops", str(args.ops), "--seed", str(args.seed),
         "--concurrency", str(args.concurrency), "--op-timeout", str(args.op_timeout),
         "--kill", str(args.kill), "--loss", str(args.loss), "--settle", str(args.settle),
     ]  # fmt: skip
     for pair in args.kadnode_set:
-        cmd += ["--kadnode-set", pair]
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    started = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, timeout=args.worker_timeout, cwd=root, env=env)
-        if done.returncode != 0:
-            return {"impl": impl, "error": f"worker exited with status {done.returncode}"}
-        with open(out_path) as handle:
-            result: dict[str, Any] = json.load(handle)
-        result["worker_seconds"] = round(time.perf_counter() - started, 1)
-        return result
-    except subprocess.TimeoutExpired:
-        return {"impl": impl, "error": f"worker did not finish within {args.worker_timeout}s"}
-    finally:
-        os.unlink(out_path)
+        worker_args += ["--kadnode-set", pair]
+    return run_json_worker("bench.lookup", worker_args, args.worker_timeout, {"impl": impl})
 
 
 # ---------------------------------------------------------------------- report

@@ -19,9 +19,7 @@ import math
 import os
 import platform
 import random
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -29,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import log, percentile
+from bench.common import log, percentile, run_json_worker
 
 DEFAULT_SIZES = (100, 1000, 10_000)
 TARGET_LARGE = 100_000
@@ -188,38 +186,11 @@ def measure_size(nodes: int, *, seed: int, lookups: int, concurrency: int, settl
 
 def run_worker(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
     """Measure one size in a fresh process (its own peak RSS; the previous network's memory is gone)."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
-        out_path = handle.name
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.scale",
-        "--worker",
-        str(nodes),
-        "--worker-out",
-        out_path,
-        "--lookups",
-        str(args.lookups),
-        "--seed",
-        str(args.seed),
-        "--concurrency",
-        str(args.concurrency),
-        "--settle",
-        str(args.settle),
-    ]
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    try:
-        done = subprocess.run(cmd, timeout=args.worker_timeout, cwd=root, env=env)
-        if done.returncode != 0:
-            return {"nodes": nodes, "error": f"worker exited with status {done.returncode}"}
-        with open(out_path) as handle:
-            result: dict[str, Any] = json.load(handle)
-        return result
-    except subprocess.TimeoutExpired:
-        return {"nodes": nodes, "error": f"worker did not finish within {args.worker_timeout:g} s"}
-    finally:
-        os.unlink(out_path)
+    worker_args = [
+        "--worker", str(nodes), "--lookups", str(args.lookups), "--seed", str(args.seed),
+        "--concurrency", str(args.concurrency), "--settle", str(args.settle),
+    ]  # fmt: skip
+    return run_json_worker("bench.scale", worker_args, args.worker_timeout, {"nodes": nodes})
 
 
 # ---------------------------------------------------------------------- estimates for sizes left out
