@@ -26,6 +26,8 @@ HOSTS = 240
 """127.0.0.10 .. 127.0.0.249; more nodes share addresses (each still has its own port)."""
 CONCURRENCY = 20
 """Bootstraps (and checks) in flight at once, so a large demo does not flood one seed node."""
+DRAIN_TURNS = 50
+"""Waits of 10 ms for answers still in flight before the datagram counts are read (0.5 s at most)."""
 DEMO_SETTINGS = Settings(rate_limit_per_second=0.0)
 """Every demo node hammers the seed at once from the same machine: the per-IP limiter is for strangers."""
 
@@ -168,6 +170,14 @@ async def run_demo(
                 f"among {len(got.peers)} peers"
             )
 
+        # Lookups end once their k closest answered; late answers may still be on their way. Let them land
+        # (a moment on loopback) so that "sent" and "received" compare what the network actually did.
+        for _ in range(DRAIN_TURNS):
+            if sum(n.core.counters["datagrams_out"] for n in nodes) == sum(
+                n.core.counters["datagrams_in"] for n in nodes
+            ):
+                break
+            await asyncio.sleep(0.01)
         for node in nodes:
             counters = node.core.counters
             report.datagrams_sent += counters["datagrams_out"]

@@ -30,7 +30,8 @@ def test_demo_with_10_nodes_succeeds() -> None:
     assert summary["lookups exact / total"] == "5/5"
     assert summary["announces found / total"] == "5/5"
     assert re.fullmatch(r"median \d+\.\d ms, max \d+\.\d ms", summary["lookup latency"])
-    assert int(summary["datagrams sent"]) > 0 and int(summary["datagrams received"]) > 0
+    assert int(summary["datagrams sent"]) > 0
+    assert summary["datagrams received"] == summary["datagrams sent"]  # loopback loses nothing; none in flight
     assert summary["result"] == "OK"
 
 
