@@ -245,7 +245,7 @@ def test_unknown_method_target() -> None:
 
 
 def test_method_names() -> None:
-    assert [Ping.method, FindNode.method, GetPeers.method, AnnouncePeer.method] == [
+    assert [Ping().method, FindNode(ID_M).method, GetPeers(ID_M).method, AnnouncePeer(ID_M, 1, b"t").method] == [
         b"ping",
         b"find_node",
         b"get_peers",
@@ -368,7 +368,7 @@ def test_get_encoding() -> None:
     data = b"d1:ad2:id20:" + ID_A + b"3:seqi4e6:target20:" + ID_M + b"e1:q3:get1:t2:aa1:y1:qe"
     assert encode_message(Query(b"aa", ID_A, Get(ID_M, seq=4))) == data
     assert decode_message(data) == Query(b"aa", ID_A, Get(ID_M, seq=4))
-    assert Get.method == b"get" and Put.method == b"put"
+    assert Get(ID_M).method == b"get" and Put(b"t", b"1:v").method == b"put"
 
 
 def test_put_encoding_follows_the_bep() -> None:

@@ -97,7 +97,8 @@ Timer = tuple[float, int, Callable[[float], None]]
 
 
 _QUERIES_IN: dict[type, str] = {
-    cls: f"queries_in.{cls.method.decode('ascii')}" for cls in (Ping, FindNode, GetPeers, AnnouncePeer, Get, Put)
+    type(body): f"queries_in.{body.method.decode('ascii')}"
+    for body in (Ping(), FindNode(b""), GetPeers(b""), AnnouncePeer(b"", 0, b""), Get(b""), Put(b"", b""))
 }
 """Counter names of the known queries, formatted once (every incoming query bumps one)."""
 PEER_ENCODING_CACHE = 4096
@@ -218,7 +219,7 @@ class NodeCore:
     def _handle_query(self, query: Query, addr: Addr, now: float) -> None:
         body = query.body
         self.counters[_QUERIES_IN.get(type(body), "queries_in.unknown")] += 1
-        sender = id_from_bytes(query.sender_id)
+        sender = int.from_bytes(query.sender_id, "big")  # 20 bytes: decode_message checked
         if sender == self.node_id:
             self.counters["dropped.own_id"] += 1
             return
@@ -254,7 +255,7 @@ class NodeCore:
 
     def _closest_compact(self, target: bytes) -> bytes:
         # Only nodes that answered us: we never vouch for an endpoint we have not heard answer.
-        entries = self.routing_table.closest(id_from_bytes(target), answered_only=True)
+        entries = self.routing_table.closest(int.from_bytes(target, "big"), answered_only=True)
         return b"".join([e.compact for e in entries])
 
     def _token_and_nodes(self, target: bytes, addr: Addr, now: float) -> dict[bytes, Any]:
@@ -264,11 +265,19 @@ class NodeCore:
         values = self._token_and_nodes(body.info_hash, addr, now)
         peers = self.storage.get_peers(body.info_hash, now, self.settings.max_peers_per_reply, noseed=body.noseed)
         if peers:
-            cache = self._peer_encodings
-            if len(cache) > PEER_ENCODING_CACHE:
-                cache.clear()
-            values[b"values"] = [cache.get(p) or cache.setdefault(p, encode_peer(p)) for p in peers]
+            values[b"values"] = [self._encoded_peer(p) for p in peers]
         self._send_response(tid, values, addr)
+
+    def _encoded_peer(self, addr: Addr) -> bytes:
+        """The compact form of a stored peer or a querier's address (BEP 42 `ip`), cached: the same
+        few thousand addresses go into reply after reply."""
+        cache = self._peer_encodings
+        encoded = cache.get(addr)
+        if encoded is None:
+            if len(cache) >= PEER_ENCODING_CACHE:
+                cache.clear()
+            encoded = cache[addr] = encode_peer(addr)
+        return encoded
 
     def _refuse(self, tid: bytes, code: int, text: str, reason: str, addr: Addr) -> None:
         self.counters[f"refused.{reason}"] += 1
@@ -343,7 +352,7 @@ class NodeCore:
             self.counters["dropped.unsolicited"] += 1
             return
         rtt = self.rpc.complete(txn, now)
-        sender = id_from_bytes(response.sender_id)
+        sender = int.from_bytes(response.sender_id, "big")  # 20 bytes: decode_message checked
         if sender == self.node_id:
             self.counters["dropped.own_id"] += 1
             txn.handler.rpc_timeout(txn, now)
@@ -392,7 +401,8 @@ class NodeCore:
 
     def _send_response(self, tid: bytes, values: dict[bytes, Any], addr: Addr) -> None:
         values[b"id"] = self._id_bytes
-        self._outgoing.append((encode_response(tid, values, self.settings.client_version, addr), addr))
+        self._outgoing.append((encode_response(tid, values, self.settings.client_version, addr,
+                                               self._encoded_peer(addr)), addr))
         self.counters["responses_out"] += 1
 
     def _send_error(self, tid: bytes, code: int, text: str, addr: Addr) -> None:

@@ -9,7 +9,7 @@ everywhere (forward compatibility) but still count against the bencode limits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from kadnode.types import Addr, NodeInfo
 from kadnode.wire.bencode import Bencoded, BencodeError, Raw, bdecode, bencode
@@ -33,32 +33,43 @@ _SIG_LEN = 64  # ed25519 signature
 
 @dataclass(frozen=True, slots=True)
 class Ping:
-    method: ClassVar[bytes] = b"ping"
+    @property
+    def method(self) -> bytes:
+        return b"ping"
 
 
 @dataclass(frozen=True, slots=True)
 class FindNode:
-    method: ClassVar[bytes] = b"find_node"
     target: bytes
+
+    @property
+    def method(self) -> bytes:
+        return b"find_node"
 
 
 @dataclass(frozen=True, slots=True)
 class GetPeers:
-    method: ClassVar[bytes] = b"get_peers"
     info_hash: bytes
     noseed: bool = False
     scrape: bool = False
 
+    @property
+    def method(self) -> bytes:
+        return b"get_peers"
+
 
 @dataclass(frozen=True, slots=True)
 class AnnouncePeer:
-    method: ClassVar[bytes] = b"announce_peer"
     info_hash: bytes
     port: int
     """0 when absent; meaningless when `implied_port` is set (the UDP source port counts then)."""
     token: bytes
     implied_port: bool = False
     seed: bool = False
+
+    @property
+    def method(self) -> bytes:
+        return b"announce_peer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +85,13 @@ class UnknownMethod:
 class Get:
     """BEP 44 get: an item by target (SHA-1 of an immutable value, or of a public key and salt)."""
 
-    method: ClassVar[bytes] = b"get"
     target: bytes
     seq: int | None = None
     """Only send the item's value if its seq is greater than this."""
+
+    @property
+    def method(self) -> bytes:
+        return b"get"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +104,6 @@ class Put:
     Salt, seq and signature on an immutable put are kept as sent; the core ignores them.
     """
 
-    method: ClassVar[bytes] = b"put"
     token: bytes
     value: bytes
     public_key: bytes | None = None
@@ -98,6 +111,10 @@ class Put:
     seq: int | None = None
     signature: bytes | None = None
     cas: int | None = None
+
+    @property
+    def method(self) -> bytes:
+        return b"put"
 
 
 QueryBody = Ping | FindNode | GetPeers | AnnouncePeer | Get | Put | UnknownMethod
@@ -209,7 +226,9 @@ def decode_message(data: bytes, *, max_depth: int = 10, max_items: int = 500) ->
     try:
         msg = bdecode(data, max_depth=max_depth, max_items=max_items)
     except BencodeError as exc:
-        raise KrpcError(PROTOCOL_ERROR, f"invalid bencode ({exc.reason})", None, "bad_bencode") from exc
+        error = KrpcError(PROTOCOL_ERROR, f"invalid bencode ({exc.reason})", None, "bad_bencode")
+        error.__cause__ = exc  # spelled out: mypyc-compiled code drops the cause of `raise ... from`
+        raise error from exc
     if type(msg) is not dict:
         raise env.error("not_dict", "message is not a dict")
     tid = env.get(msg, b"t")
@@ -374,12 +393,15 @@ def encode_message(msg: Message) -> bytes:
     return b"".join(parts)
 
 
-def encode_response(tid: bytes, values: dict[bytes, Any], version: bytes | None, ip: Addr | None) -> bytes:
+def encode_response(
+    tid: bytes, values: dict[bytes, Any], version: bytes | None, ip: Addr | None, encoded_ip: bytes | None = None
+) -> bytes:
     """`encode_message` of a Response, without building one: a node answers every query through here.
-    `values` must hold the responder's `id` (Response checks that; this does not)."""
+    `values` must hold the responder's `id` (Response checks that; this does not). `encoded_ip`, when
+    given, is `encode_peer(ip)` already made."""
     parts = [b"d"]
     if ip is not None:
-        parts += (b"2:ip6:", encode_peer(ip))
+        parts += (b"2:ip6:", encoded_ip or encode_peer(ip))
     parts += (b"1:r", bencode(values), b"1:t", _string(tid))
     if version is not None:
         parts += (b"1:v", _string(version))
