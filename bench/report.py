@@ -46,6 +46,7 @@ COLORS = {
     "bmuller": "#ff7f0e",
     "opendht": "#2ca02c",
     "echo-asyncio": "#7f7f7f",
+    "echo-lean": "#17becf",
     "echo-uvloop": "#bcbd22",
 }
 PNG_METADATA: dict[str, Any] = {"Software": None}
@@ -390,6 +391,9 @@ def markdown_throughput(report: dict[str, Any], source: Path, images: Sequence[P
     per_cpu = report.get("share_of_asyncio_echo_per_cpu_second")
     if per_cpu is not None:
         lines.append(f"- per server CPU-second: {per_cpu:.1%} of the echo server's")
+    lean_share = report.get("share_of_lean_echo")
+    if lean_share is not None:
+        lines.append(f"- of the lean echo (kadnode's own read path and nothing else): {lean_share:.1%}")
     kad_server = phases.get("kadnode", {}).get("server", {})
     if kad_server.get("rss_flat") is not None:
         lines.append(

@@ -12,7 +12,9 @@
    queries/s, loss, p50/p99. This process samples the daemon's CPU and RSS from /proc every second.
 3. The same load generator then measures a bare asyncio UDP echo server (`bench.echo_server`) on the
    stock loop, and on uvloop when it is installed: the stock-loop echo rate is the ceiling, and the
-   report gives kadnode's share of it.
+   report gives kadnode's share of it. It also measures a lean echo server that reads its socket as
+   kadnode does, and gives kadnode's share of that tighter ceiling too (`bench/echo_server.py` says
+   why the stock one varies so much between hosts).
 
 Prints a table (progress on stderr) and writes JSON. `--profile DIR` also records the daemon under load
 with py-spy and prints its hottest functions.
@@ -345,15 +347,16 @@ class Daemon:
 class EchoServer:
     """`bench.echo_server` in a subprocess."""
 
-    def __init__(self, use_uvloop: bool) -> None:
-        self.use_uvloop = use_uvloop
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        """"stock", "uvloop" or "lean" (see bench.echo_server)."""
         self.proc: asyncio.subprocess.Process | None = None
         self.addr: Addr = (ECHO_HOST, 0)
 
     async def start(self) -> None:
         args = [sys.executable, "-m", "bench.echo_server", "--host", ECHO_HOST, "--port", "0"]
-        if self.use_uvloop:
-            args.append("--uvloop")
+        if self.mode != "stock":
+            args.append(f"--{self.mode}")
         self.proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(self.proc.stdout.readline(), STARTUP_TIMEOUT)
@@ -562,11 +565,11 @@ async def run_benchmark(
         if profiling is not None:
             report["profile"] = await profiling
 
-        variants = [("echo-asyncio", False)]
+        variants = [("echo-asyncio", "stock"), ("echo-lean", "lean")]
         if with_uvloop and uvloop_factory() is not None:
-            variants.append(("echo-uvloop", True))
-        for name, use_uvloop in variants:
-            echo = EchoServer(use_uvloop)
+            variants.append(("echo-uvloop", "uvloop"))
+        for name, mode in variants:
+            echo = EchoServer(mode)
             await echo.start()
             try:
                 report["phases"][name] = await measure(name, echo.addr, echo.pid, options, echo=True, stored_file=None)
@@ -585,6 +588,8 @@ async def run_benchmark(
     ceiling = report["phases"]["echo-asyncio"]["qps"]
     share = report["phases"]["kadnode"]["qps"] / ceiling if ceiling else 0.0
     report["share_of_asyncio_echo"] = round(share, 4)
+    lean = report["phases"]["echo-lean"]["qps"]
+    report["share_of_lean_echo"] = round(report["phases"]["kadnode"]["qps"] / lean, 4) if lean else None
     for phase in report["phases"].values():
         cpu = phase["server"]["cpu"]
         phase["answered_per_cpu_second"] = round(phase["qps"] / cpu, 1) if cpu else None
@@ -702,6 +707,12 @@ def format_report(report: dict[str, Any]) -> str:
     per_cpu = report["share_of_asyncio_echo_per_cpu_second"]
     if per_cpu is not None:
         out.append(f"per server CPU-second (answered/s divided by the server's CPU use) the share is {per_cpu:.1%}")
+    lean_share = report.get("share_of_lean_echo")
+    if lean_share is not None:
+        out.append(
+            f"of the lean echo (kadnode's own read path, nothing else) kadnode answers {lean_share:.1%}: "
+            "the rest is the cost of its protocol work"
+        )
     if kadnode["per_second"]:
         rates = sorted(kadnode["per_second"])
         out.append(

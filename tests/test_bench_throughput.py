@@ -108,7 +108,7 @@ def test_throughput_run_completes_with_consistent_numbers(tmp_path: Path, capsys
     args = ["--seconds", "2", "--warmup", "0.5", "--helpers", "16", "--info-hashes", "8", "--items", "8"]
     assert main([*args, "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    expected = {"kadnode", "echo-asyncio"} | ({"echo-uvloop"} if uvloop_factory() is not None else set())
+    expected = {"kadnode", "echo-asyncio", "echo-lean"} | ({"echo-uvloop"} if uvloop_factory() is not None else set())
     assert set(report["phases"]) == expected
     assert report["daemon_exit_code"] == 0
     population = report["population"]
