@@ -34,8 +34,10 @@ from kadnode.types import NodeInfo
 from kadnode.wire import bencode as bencode_module
 from kadnode.wire.bencode import bencode
 from kadnode.wire.compact import id_to_bytes
+from kadnode.wire.krpc import decode_message, encode_response
 
 LOADGEN_ADDR = ("127.0.77.9", 40000)
+DAEMON_ADDR = ("127.0.77.1", 6881)
 INFO_HASHES = 64
 ITEMS = 128
 PEERS_PER_HASH = 12
@@ -63,6 +65,14 @@ def build_core(workdir: Path, rng: random.Random) -> tuple[NodeCore, Stored]:
             item = make_mutable(SigningKey(rng.randbytes(32)), value, seq=n, salt=b"")
         storage.put_item(item, 0.0, source_ip=f"127.0.79.{n % 50 + 1}")
         targets.append(item.target)
+    core.take_outgoing()
+    # One answered ping tells the core its own address (BEP 42 `ip`), which starts its liveness gossip,
+    # as in the daemon: every query from a table member then also goes through it.
+    first = next(iter(core.routing_table.entries()))
+    core.ping(first.addr, 0.0, lambda _result: None)
+    (data, _), = core.take_outgoing()
+    tid = decode_message(data).tid
+    core.datagram_received(encode_response(tid, {b"id": id_to_bytes(first.id)}, None, DAEMON_ADDR), first.addr, 0.0)
     core.take_outgoing()
     return core, Stored(tuple(hashes), tuple(targets))
 
@@ -109,6 +119,7 @@ def run(queries: int, seed: int, profile: Path | None) -> dict[str, Any]:
         answered = core.counters["responses_out"] - answered_before
         core.storage.close()
     return {
+        "gossip": core.liveness is not None,
         "queries": queries,
         "answered": answered,
         "codec": "compiled" if bencode_module.__file__ and not bencode_module.__file__.endswith(".py") else "pure",

@@ -106,6 +106,11 @@ class Settings:
     receive_queue_size: int = 1024
     """Datagrams waiting for the receive loop; beyond this they are dropped and counted."""
 
+    # --- liveness gossip (docs/gossip.md) --------------------------------------------------------
+    gossip_enabled: bool = True
+    """Probe routing-table nodes SWIM-style and exchange liveness claims with other kadnode nodes
+    (`kn_gossip`); off, a node learns of failures only from its own timeouts, as plain BEP 5 nodes do."""
+
     # --- identity -----------------------------------------------------------------------------
     client_version: bytes = b"KN\x00\x01"
     """The `v` field: two letters naming the client and two version bytes."""

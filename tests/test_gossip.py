@@ -187,6 +187,12 @@ def test_settings_are_validated() -> None:
         GossipSettings(probe_timeout=2.0)
     with pytest.raises(ValueError):
         GossipSettings(min_failed_rounds=0)
+    for field_name in ("sweep_probes_per_second", "sweep_min_interval", "sweep_skip_fresh"):
+        for bad in (-1.0, math.nan):
+            changes: dict[str, Any] = {field_name: bad}
+            with pytest.raises(ValueError):
+                GossipSettings(**changes)
+    assert GossipSettings(sweep_probes_per_second=0, sweep_min_interval=0, sweep_skip_fresh=0).sweep_min_interval == 0
 
 
 def test_suspicion_bounds_grow_with_log_n() -> None:
@@ -381,7 +387,7 @@ def test_no_helpers_fails_the_round_at_once() -> None:
 
 
 def test_local_health_rises_when_nobody_answers_and_falls_on_success() -> None:
-    g = make(6)
+    g = make(6, sweep_probes_per_second=0)  # one round at a time (sweeps are tested below)
     now = 0.0
     for _ in range(12):
         probe = g.next_probe(now)
@@ -462,7 +468,9 @@ def test_hearsay_probes_are_rate_limited_per_subject() -> None:
         now += 0.5
     gaps = [b - a for a, b in itertools.pairwise(checks)]
     assert 1 <= len(checks) <= 4 and all(gap >= 30.0 - 1e-9 for gap in gaps)
-    assert g.counters["probes.sent"] <= 121  # checks take round-robin slots: still one probe per second
+    # checks take round-robin slots: still one probe per second, plus a sweep of 6 at most every 60 s
+    assert g.counters["sweeps"] <= 2 and g.counters["probes.sweep"] <= 6 * g.counters["sweeps"]
+    assert g.counters["probes.sent"] <= 121 + g.counters["probes.sweep"]
 
 
 def test_hearsay_followed_by_our_own_failures_does_evict() -> None:
@@ -664,6 +672,7 @@ def test_view_reports_the_gossip_state() -> None:
     assert view["members"] == 4 and view["alive"] == 3 and view["suspect"] == 1 and view["dead"] == 0
     assert view["incarnation"] == INC and view["local_health"] == 0
     assert {"bytes_per_second", "bytes_sent", "claims_queued", "probes_in_flight"} <= view.keys()
+    assert view["sweeping"] == 4  # the claim started a sweep of all four
 
 
 def test_a_new_node_announces_itself_once_started() -> None:
@@ -674,17 +683,192 @@ def test_a_new_node_announces_itself_once_started() -> None:
         Gossip(OWN, random.Random(1), 0.0, incarnation=-1)
 
 
+# --- sweeps -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Drive:
+    """What ``drive`` saw: each probe (time, target, whether the sweep sent it) and each action (time, action)."""
+
+    probes: list[tuple[float, int, bool]] = field(default_factory=list)
+    actions: list[tuple[float, Action]] = field(default_factory=list)
+
+    def swept(self, node_id: int) -> list[float]:
+        return [t for t, target, sweep in self.probes if target == node_id and sweep]
+
+    def first_round(self, node_id: int) -> float:
+        return min((t for t, target, _ in self.probes if target == node_id), default=math.inf)
+
+
+def drive(g: Gossip, now: float, end: float, fail: frozenset[int] = frozenset(), log: Drive | None = None) -> Drive:
+    """Run ``g`` as the node does, waking only at ``next_deadline`` (so a sweep that it failed to report
+    would stall), from ``now`` until ``end``. Probes are answered at once, except those to ``fail``, whose
+    rounds fail at once (every helper nacks)."""
+    log = log or Drive()
+    while now < end:
+        log.actions += [(now, a) for a in g.tick(now)]
+        while True:
+            before = g.counters["probes.sweep"]
+            probe = g.next_probe(now)
+            if probe is None:
+                break
+            log.probes.append((now, probe.target.id, g.counters["probes.sweep"] > before))
+            if probe.target.id in fail:
+                log.actions += [(now, a) for a in fail_round(g, probe.target.id, now)]
+            else:
+                g.probe_acked(probe.target.id, now)
+        deadline = g.next_deadline()
+        assert deadline is not None and deadline > now  # never a busy loop
+        now = deadline
+    return log
+
+
+def test_a_failed_round_starts_a_sweep_that_probes_every_member_within_len_over_rate() -> None:
+    g = make(40)
+    first = g.next_probe(0.0)
+    assert first is not None
+    target = first.target.id
+    fresh = [p.id for p in map(peer, range(40)) if p.id != target][:5]
+    for node_id in fresh:
+        g.heard_from(node_id, 0.2)  # heard 0.4 s before the evidence: not re-probed while fresh
+    actions = fail_round(g, target, 0.6)
+    assert Questionable(target) in actions and g.counters["sweeps"] == 1 and g.view(0.6)["sweeping"] == 40
+    log = drive(g, 0.6, 4.0)
+    g.heard_from(fresh[0], 4.0)  # spoke during the sweep: alive, nothing to check
+    drive(g, 4.0, 20.0, log=log)
+    rate = g.settings.sweep_probes_per_second
+    sweep_times = [t for t, _, sweep in log.probes if sweep]
+    assert sweep_times[0] == 0.6 and all(b - a >= 1 / rate - 1e-9 for a, b in itertools.pairwise(sweep_times))
+    stale = [p.id for p in map(peer, range(40)) if p.id not in fresh]
+    assert max(log.first_round(i) for i in stale) <= 0.6 + 40 / rate  # ~len/rate, not the ~40 s round robin
+    assert log.swept(fresh[0]) == []
+    for node_id in fresh[1:]:  # not heard since: probed once 10 s have passed (unless the round robin came first)
+        assert all(t >= 0.2 + g.settings.sweep_skip_fresh for t in log.swept(node_id))
+        assert log.first_round(node_id) <= 0.2 + g.settings.sweep_skip_fresh + 1.0
+    assert g.view(20.0)["sweeping"] == 0 and g.counters["probes.sweep"] <= 39
+    assert not any(isinstance(a, Evict) for _, a in log.actions)
+
+
+def test_sweeps_start_at_most_once_per_min_interval_and_not_on_re_probes() -> None:
+    g = make(20, sweep_min_interval=5.0)
+    assert g.churn_evidence(0.0) and not g.churn_evidence(0.1)  # one sweep at a time
+    victim = peer(3).id
+    log = drive(g, 0.0, 40.0, fail=frozenset({victim}))
+    # its first failed round (a new suspicion) came during the sweep; the re-probes after it are no evidence
+    assert g.counters["sweeps"] == 1
+    assert len([t for t, target, _ in log.probes if target == victim]) >= g.settings.min_failed_rounds
+    g.receive_claims([claim(SUSPECT, 500)], 40.0)
+    assert g.counters["sweeps"] == 2  # a stranger accused, 40 s later
+    drive(g, 40.0, 51.0, log=log)  # members heard just before it are checked once 10 s have passed
+    assert g.view(51.0)["sweeping"] == 0 and g.churn_evidence(51.0) and g.counters["sweeps"] == 3
+    h = make(20)  # the default: one per 60 s
+    assert h.churn_evidence(0.0)
+    drive(h, 0.0, 59.9, fail=frozenset({peer(5).id, peer(6).id}))
+    h.receive_claims([claim(DEAD, 501)], 59.9)
+    assert h.counters["sweeps"] == 1
+    h.receive_claims([claim(DEAD, 501)], 60.0)
+    assert h.counters["sweeps"] == 2
+
+
+def test_a_sweep_never_evicts_by_itself() -> None:
+    g = make(20)
+    victim = peer(7).id
+    g.receive_claims([claim(SUSPECT, 600)], 0.0)
+    log = drive(g, 0.0, 120.0, fail=frozenset({victim}))
+    first = log.first_round(victim)
+    assert log.swept(victim) == [first] and first < 3.0  # the sweep found it...
+    evictions = [t for t, a in log.actions if a == Evict(victim)]
+    found = [a for t, a in log.actions if t == first and not isinstance(a, IndirectProbe)]
+    assert found == [Questionable(victim)]  # ...and only suspected it
+    low, _ = suspicion_bounds(g.settings, 20)
+    rounds_before = [t for t, target, _ in log.probes if target == victim and t <= evictions[0]]
+    assert evictions[0] - first >= low and len(rounds_before) >= g.settings.min_failed_rounds
+    assert len(evictions) == 1 and all(g.status_of(peer(i).id) is ALIVE for i in range(20) if i != 7)
+
+
+def test_accusations_of_anyone_but_us_start_a_sweep_and_are_otherwise_ignored() -> None:
+    g = make(10)
+    assert g.receive_claims([claim(ALIVE, 500)], 1.0) == [Candidate(peer(500))]
+    g.receive_claims([Claim(SUSPECT, OWN, INC, 5)], 1.0)  # about us: a refutation, no sweep
+    assert g.counters["sweeps"] == 0 and g.view(1.0)["sweeping"] == 0
+    assert g.receive_claims([claim(SUSPECT, 501)], 1.0) == []
+    assert g.counters["sweeps"] == 1 and g.counters["claims.ignored"] == 1
+    assert g.view(1.0)["sweeping"] == 10 and g.view(1.0)["suspect"] == 0  # nobody questioned
+    g.remove(peer(0).id)
+    assert g.view(1.0)["sweeping"] == 9
+    probe = g.next_probe(1.0)  # the slot
+    assert probe is not None
+    g.probe_acked(probe.target.id, 1.0)
+    probe = g.next_probe(1.0)  # the sweep
+    assert probe is not None and g.counters["probes.sweep"] == 1 and g.view(1.0)["sweeping"] == 7
+    assert g.next_probe(1.0) is None and g.next_deadline() == pytest.approx(1.0 + 1 / 8)
+    off = make(10, sweep_probes_per_second=0)  # 0 disables sweeps
+    off.receive_claims([claim(DEAD, 501), claim(SUSPECT, 1)], 1.0)
+    assert not off.churn_evidence(1.0) and off.counters["sweeps"] == 0 and off.view(1.0)["sweeping"] == 0
+
+
+@pytest.mark.parametrize(("health", "gap"), [(0, 0.125), (3, 0.5)])
+def test_an_unhealthy_node_sweeps_more_slowly(health: int, gap: float) -> None:
+    g = make(30)
+    g.churn_evidence(0.0)
+    starts, now = list[float](), 0.0
+    while now < 3.0:
+        g.health = health
+        before = g.counters["probes.sweep"]
+        probe = g.next_probe(now)
+        if probe is None:
+            now = round(now + 0.01, 6)
+            continue
+        if g.counters["probes.sweep"] > before:
+            starts.append(now)
+        g.probe_acked(probe.target.id, now)
+    assert all(b - a >= gap - 1e-9 for a, b in itertools.pairwise(starts))
+    assert len(starts) >= 3.0 / gap - 2
+
+
+def test_a_bucket_smaller_than_the_sweep_floor_still_pays_for_sweeps() -> None:
+    g = make(40, gossip_bytes_per_second=400.0, gossip_burst_seconds=2.0)  # 800 B: less than round + floor
+    assert g.churn_evidence(0.0)
+    drive(g, 0.0, 30.0)
+    assert g.view(30.0)["sweeping"] == 0 and g.counters["probes.sweep"] >= 25  # ~3/s: the surplus
+    assert g.bytes_sent <= 400.0 * 30.0 + 800
+
+
+def test_forged_accusations_for_30_minutes_keep_sweeps_within_the_budget() -> None:
+    g = make(75, seed=2)
+    s = g.settings
+    rng = random.Random(8)
+    now, evictions = 0.0, 0
+    while now < 1800.0:  # every message accuses someone: a member or a stranger
+        forged = [claim(rng.choice([DEAD, SUSPECT]), rng.randrange(150), MAX_INCARNATION, rng.getrandbits(160))]
+        for action in g.receive_claims(forged * 4, now) + g.tick(now):
+            evictions += isinstance(action, Evict)
+        probe = g.next_probe(now)
+        while probe is not None:
+            g.probe_acked(probe.target.id, now)
+            probe = g.next_probe(now)
+        now += 0.5
+    assert evictions == 0 and g.view(now)["dead"] == 0
+    assert g.bytes_sent <= s.gossip_bytes_per_second * now + s.gossip_bytes_per_second * s.gossip_burst_seconds
+    assert 25 <= g.counters["sweeps"] <= now / s.sweep_min_interval + 1
+    assert g.counters["probes.sent"] - g.counters["probes.sweep"] >= 1790  # the round robin kept its pace
+    g.receive_claims([Claim(SUSPECT, OWN, g.incarnation, 5)], now)
+    assert g.take_piggyback(1000, now) != b""  # and the budget still carries our refutation
+
+
 # --- a small network ----------------------------------------------------------------------------
 
 
 @dataclass
 class Net:
     """Gossip instances exchanging probes, acks, indirect requests and piggybacked claims over a seeded
-    lossy network in virtual time. Evictions are applied (the member is removed) and recorded."""
+    lossy network in virtual time. Evictions are applied (the member is removed) and recorded. Each node
+    tracks every other node, or ``degree`` random others (a routing table's view of a larger network)."""
 
     n: int
     seed: int
     settings: GossipSettings
+    degree: int | None = None
     loss: float = 0.0
     answer_rate: dict[int, float] = field(default_factory=dict)
     attackers: frozenset[int] = frozenset()
@@ -704,9 +888,9 @@ class Net:
             for i, info in enumerate(self.info)
         ]
         for i, g in enumerate(self.g):
-            for j in range(self.n):
-                if j != i:
-                    g.add(self.info[j], 0.0)
+            others = [j for j in range(self.n) if j != i]
+            for j in others if self.degree is None else self.rng.sample(others, self.degree):
+                g.add(self.info[j], 0.0)
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self._wake: list[float | None] = [None] * self.n
@@ -931,3 +1115,34 @@ def test_sim_a_refuted_suspicion_never_becomes_dead() -> None:
     assert suspected > 0
     assert all(g.status_of(net.info[9].id) is ALIVE for i, g in enumerate(net.g) if i != 9)
     assert net.g[9].counters["refutations"] > 0
+
+
+def clear_times(net: Net, crashed: set[int], horizon: float, step: float = 0.25) -> list[float]:
+    """Crash ``crashed`` now; for each live node, how long until it holds none of them ALIVE (removed,
+    SUSPECT or DEAD all count: not offered as good), sorted; inf if not within ``horizon``."""
+    start = net.now
+    net.crashed |= crashed
+    live = [i for i in range(net.n) if i not in net.crashed]
+    held = {i: [net.info[c].id for c in crashed if net.info[c].id in net.g[i]] for i in live}
+    done: dict[int, float] = {}
+    while net.now < start + horizon and len(done) < len(live):
+        net.run_until(net.now + step)
+        for i in live:
+            if i not in done and all(net.g[i].status_of(c) is not ALIVE for c in held[i]):
+                done[i] = net.now - start
+    return sorted(done.get(i, math.inf) for i in live)
+
+
+def test_sim_sweeps_find_a_mass_crash_sooner() -> None:
+    """200 nodes tracking 40 others each (a routing table's view: claims about non-members are ignored,
+    so dissemination alone cannot help much); 5% crash at once."""
+    results = {}
+    for label, sweep_rate in (("sweep", 8.0), ("no sweep", 0.0)):
+        net = Net(200, seed=3, settings=GossipSettings(sweep_probes_per_second=sweep_rate), degree=40)
+        net.run_until(30.0)
+        crashed = set(random.Random(4).sample(range(200), 10))
+        times = clear_times(net, crashed, horizon=60.0)
+        assert net.evicted(set(range(200)) - crashed) == []
+        results[label] = (times[math.ceil(0.99 * len(times)) - 1], times[-1])
+    (p99, slowest), (p99_off, slowest_off) = results["sweep"], results["no sweep"]
+    assert slowest <= 15.0 and slowest < slowest_off and p99 < p99_off / 2, results

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from kadnode import Node
+from kadnode.core.routing import NodeState
 from kadnode.types import Addr, NodeInfo
 from kadnode.wire.compact import id_from_bytes, id_to_bytes
 from kadnode.wire.krpc import (
@@ -112,6 +113,29 @@ async def test_kadnode_keeps_libtorrent_peers_in_its_routing_table(mesh: Mesh) -
             node = mesh.node_at(seed)
             await wait_until(partial(holds, node, peer.addr))
             assert kadnode_table(node)[peer.addr] == peer_id
+
+
+async def test_gossip_pings_libtorrent_peers_and_keeps_them_good(mesh: Mesh) -> None:
+    """Issue 5, must-show 5: libtorrent answers kn_gossip with 204, so kadnode's gossip probes it with
+    plain ping from then on; it stays in the table, good, and no node is evicted meanwhile."""
+    node = mesh.node_at(mesh.peer_seeds[0][0])
+    peer = mesh.peers[0]
+    await wait_until(partial(holds, node, peer.addr))
+    peer_id = kadnode_table(node)[peer.addr]
+
+    def probed_as_plain() -> bool:
+        liveness = node.core.liveness
+        return liveness is not None and liveness.gossip.is_plain(peer_id)
+
+    await wait_until(probed_as_plain, timeout=60)
+    liveness = node.core.liveness
+    assert liveness is not None
+    pings_before = liveness.gossip.counters["probes.acked"]
+    await asyncio.sleep(3 * liveness.gossip.settings.probe_interval * max(1, len(liveness.gossip)))
+    assert liveness.gossip.counters["probes.acked"] > pings_before
+    entry = node.core.routing_table.get(peer_id)
+    assert entry is not None and entry.state(node.now(), node.core.settings) is NodeState.GOOD
+    assert sum(n.core.counters["routing.evicted"] for n in mesh.nodes) == 0
 
 
 # --- 2. and 3. announce / get_peers across implementations ---------------------------------------

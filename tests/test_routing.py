@@ -26,8 +26,12 @@ def node(node_id: int, i: int | None = None) -> NodeInfo:
     return NodeInfo(node_id, addr(node_id % 60000 if i is None else i))
 
 
+BEP5 = Settings(gossip_enabled=False)
+"""Plain BEP 5 eviction (timeouts evict); tests of the gossip mode say so."""
+
+
 def table(own_id: int = 0, seed: int = 1, **changes: object) -> RoutingTable:
-    return RoutingTable(own_id, Settings().with_changes(**changes), random.Random(seed))
+    return RoutingTable(own_id, BEP5.with_changes(**changes), random.Random(seed))
 
 
 def in_bucket(t: RoutingTable, index: int, low_bits: int) -> int:
@@ -131,7 +135,7 @@ def test_random_inserts_keep_invariants(seed: int, n: int, k: int) -> None:
 
 
 def test_states_and_updates() -> None:
-    s = Settings()
+    s = BEP5
     t = table(own_id=0)
     t.heard_from(node(TOP), 0.0, responded=False)  # only queried us
     e = t.get(TOP)
@@ -404,7 +408,7 @@ def test_ping_candidates_for_full_bucket_with_waiting_replacements() -> None:
 
 
 def test_ping_candidates_pick_least_recently_answered() -> None:
-    s = Settings()
+    s = BEP5
     t = full_far_bucket()
     t.heard_from(node(TOP | 1), 100.0, responded=True)  # TOP|2 last answered at 0
     t.heard_from(node(TOP | 9), 100.0, responded=True)
@@ -490,3 +494,71 @@ def test_a_turned_away_stranger_that_answers_us_is_examined_at_once() -> None:
     t.heard_from(stranger, 2.0, responded=True)  # its answer is news: it now outranks the replacement
     assert [e.id for e in t.bucket_replacements(0)] == [TOP | 9]
     check_invariants(t)
+
+
+# --- with liveness gossip: only gossip's verdict evicts ---------------------------------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, bool]] = []
+
+    def entry_added(self, entry: RoutingEntry) -> None:
+        self.events.append(("added", entry.id, False))
+
+    def entry_removed(self, entry: RoutingEntry, evicted: bool) -> None:
+        self.events.append(("removed", entry.id, evicted))
+
+
+def test_with_gossip_timeouts_make_a_node_questionable_never_bad() -> None:
+    s = Settings(gossip_enabled=True)
+    t = table(gossip_enabled=True)
+    ids = [TOP | i for i in range(1, 9)]
+    for node_id in ids:
+        t.heard_from(node(node_id), 0.0, responded=True)
+    t.heard_from(node(TOP | 9), 0.0, responded=True)  # waits as a replacement
+    for _ in range(10):
+        t.failed(ids[0], 1.0)
+    entry = t.get(ids[0])
+    assert entry is not None and entry.state(1.0, s) is NodeState.QUESTIONABLE
+    assert t.evicted == 0 and len(t.bucket_replacements(0)) == 1
+    t.heard_from(node(ids[0]), 2.0, responded=True)
+    assert entry.state(2.0, s) is NodeState.GOOD
+
+
+def test_gossip_eviction_takes_a_waiting_replacement_or_marks_bad() -> None:
+    s = Settings(gossip_enabled=True)
+    t = table(gossip_enabled=True)
+    recorder = Recorder()
+    t.listener = recorder
+    ids = [TOP | i for i in range(1, 9)]
+    for node_id in ids:
+        t.heard_from(node(node_id), 0.0, responded=True)
+    assert [e for e in recorder.events if e[0] == "added"] == [("added", i, False) for i in ids]
+    assert not t.evict(ids[0], 1.0)  # nobody waits: it stays, BAD, out of closest
+    entry = t.get(ids[0])
+    assert entry is not None and entry.state(1.0, s) is NodeState.BAD
+    assert ids[0] not in [e.id for e in t.closest(TOP, 20)]
+    assert t.has_room(TOP | 10)
+    t.heard_from(node(TOP | 10), 2.0, responded=True)  # a newcomer takes the dead node's place
+    assert t.get(ids[0]) is None and t.get(TOP | 10) is not None
+    assert recorder.events[-2:] == [("removed", ids[0], True), ("added", TOP | 10, False)]
+    t.heard_from(node(TOP | 11), 3.0, responded=True)  # full again: waits as a replacement
+    assert not t.has_room(TOP | 12)
+    assert t.evict(ids[1], 4.0)
+    assert t.get(ids[1]) is None and t.get(TOP | 11) is not None and t.evicted == 2
+    t.remove(ids[2])
+    assert recorder.events[-1] == ("removed", ids[2], False) and t.evicted == 2
+
+
+def test_mark_questionable_lasts_until_the_node_answers() -> None:
+    s = Settings(gossip_enabled=True)
+    t = table(gossip_enabled=True)
+    t.heard_from(node(TOP | 1), 0.0, responded=True)
+    t.mark_questionable(TOP | 1)
+    entry = t.get(TOP | 1)
+    assert entry is not None and entry.state(1.0, s) is NodeState.QUESTIONABLE
+    t.heard_from(node(TOP | 1), 2.0, responded=False)  # a query is not an answer
+    assert entry.state(2.0, s) is NodeState.QUESTIONABLE
+    t.heard_from(node(TOP | 1), 3.0, responded=True)
+    assert entry.state(3.0, s) is NodeState.GOOD

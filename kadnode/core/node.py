@@ -15,6 +15,8 @@ from typing import Any
 
 from kadnode.core.bep44 import PutRefused, item_from_put
 from kadnode.core.counters import Counters, grouped, new_counters
+from kadnode.core.gossip.wire import MAX_INCARNATION
+from kadnode.core.liveness import Liveness
 from kadnode.core.nodeid import random_id_in_range
 from kadnode.core.operations import (
     BootstrapOp,
@@ -62,6 +64,7 @@ from kadnode.wire.krpc import (
     FindNode,
     Get,
     GetPeers,
+    KnGossip,
     KrpcError,
     Message,
     Ping,
@@ -98,7 +101,9 @@ Timer = tuple[float, int, Callable[[float], None]]
 
 _QUERIES_IN: dict[type, str] = {
     type(body): f"queries_in.{body.method.decode('ascii')}"
-    for body in (Ping(), FindNode(b""), GetPeers(b""), AnnouncePeer(b"", 0, b""), Get(b""), Put(b"", b""))
+    for body in (
+        Ping(), FindNode(b""), GetPeers(b""), AnnouncePeer(b"", 0, b""), Get(b""), Put(b"", b""), KnGossip(0)
+    )
 }
 """Counter names of the known queries, formatted once (every incoming query bumps one)."""
 PEER_ENCODING_CACHE = 4096
@@ -125,7 +130,11 @@ class NodeCore:
         rng: random.Random,
         now: float,
         storage: Storage | None = None,
+        *,
+        incarnation: int | None = None,
     ) -> None:
+        """``incarnation`` (liveness gossip) must grow across restarts of this identity: the daemon passes
+        its start time in Unix seconds; by default it is ``now`` rounded down."""
         self.node_id = node_id
         self.settings = settings
         self.rng = rng
@@ -136,6 +145,11 @@ class NodeCore:
         self.storage: Storage = storage if storage is not None else MemoryStorage(settings, rng)
         self.started = now
         self.external_addr: Addr | None = None
+        self.last_now = now
+        """The latest time the driver gave us (gossip's membership hooks have no ``now`` of their own)."""
+        self.liveness: Liveness | None = None
+        """Liveness gossip, started once we know our own address (``settings.gossip_enabled``)."""
+        self._incarnation = min(max(int(now) if incarnation is None else incarnation, 0), MAX_INCARNATION)
         self.active_lookups: set[LookupOp] = set()
         self._id_bytes = id_to_bytes(node_id)
         self._outgoing: list[tuple[bytes, Addr]] = []
@@ -169,20 +183,22 @@ class NodeCore:
 
     def next_deadline(self) -> float | None:
         """When `advance` must next be called (None: nothing scheduled)."""
-        rpc_deadline = self.rpc.next_deadline()
-        timer_deadline = self._timers[0][0] if self._timers else None
-        if rpc_deadline is None:
-            return timer_deadline
-        if timer_deadline is None:
-            return rpc_deadline
-        return min(rpc_deadline, timer_deadline)
+        deadlines = [self.rpc.next_deadline(), self._timers[0][0] if self._timers else None]
+        if self.liveness is not None:
+            deadlines.append(self.liveness.deadline)
+        due = [d for d in deadlines if d is not None]
+        return min(due) if due else None
 
     def advance(self, now: float) -> None:
         """Run every RPC timeout and timer due at `now`."""
+        self.last_now = now
         self.rpc.advance(now)
         while self._timers and self._timers[0][0] <= now:
             _, _, callback = heapq.heappop(self._timers)
             callback(now)
+        liveness = self.liveness
+        if liveness is not None and liveness.deadline is not None and liveness.deadline <= now:
+            liveness.advance(now)
 
     def schedule(self, when: float, callback: Callable[[float], None]) -> None:
         """Call `callback(now)` from `advance` once `when` has come."""
@@ -193,6 +209,7 @@ class NodeCore:
 
     def datagram_received(self, data: bytes, addr: Addr, now: float) -> None:
         """Handle one datagram. Never raises for anything a remote can send."""
+        self.last_now = now
         self.counters["datagrams_in"] += 1
         if len(data) > self.settings.max_datagram_size:
             self.counters["dropped.oversized"] += 1
@@ -204,7 +221,7 @@ class NodeCore:
         except KrpcError as exc:
             self.counters[f"dropped.{exc.reason}"] += 1
             if exc.tid is not None and exc.msg_type == b"q":
-                self._send_error(exc.tid, exc.code, exc.message, addr)
+                self.send_error(exc.tid, exc.code, exc.message, addr)
             return
         self._dispatch(message, addr, now)
 
@@ -225,11 +242,14 @@ class NodeCore:
             return
         if not query.read_only:
             self._note_querier(NodeInfo(sender, addr), now)
+        liveness = self.liveness
+        if liveness is not None:
+            liveness.heard_from(sender, now)
         tid = query.tid
         if isinstance(body, Ping):
-            self._send_response(tid, {}, addr)
+            self.send_response(tid, {}, addr)
         elif isinstance(body, FindNode):
-            self._send_response(tid, {b"nodes": self._closest_compact(body.target)}, addr)
+            self.send_response(tid, {b"nodes": self._closest_compact(body.target)}, addr)
         elif isinstance(body, GetPeers):
             self._answer_get_peers(tid, body, addr, now)
         elif isinstance(body, AnnouncePeer):
@@ -238,12 +258,17 @@ class NodeCore:
             self._answer_get(tid, body, addr, now)
         elif isinstance(body, Put):
             self._answer_put(tid, body, addr, now)
+        elif isinstance(body, KnGossip):
+            if liveness is None:
+                self.send_error(tid, METHOD_UNKNOWN, "method unknown", addr)
+            else:
+                liveness.query_received(tid, body, NodeInfo(sender, addr), now)
         elif body.target is not None:
             # libtorrent's rule: an unknown query that names a target is answered like find_node,
             # so newer extensions degrade gracefully.
-            self._send_response(tid, {b"nodes": self._closest_compact(body.target)}, addr)
+            self.send_response(tid, {b"nodes": self._closest_compact(body.target)}, addr)
         else:
-            self._send_error(tid, METHOD_UNKNOWN, "method unknown", addr)
+            self.send_error(tid, METHOD_UNKNOWN, "method unknown", addr)
 
     def _note_querier(self, node: NodeInfo, now: float) -> None:
         """A node that queries us may join the table, but we vouch for it only once it answers us:
@@ -266,7 +291,7 @@ class NodeCore:
         peers = self.storage.get_peers(body.info_hash, now, self.settings.max_peers_per_reply, noseed=body.noseed)
         if peers:
             values[b"values"] = [self._encoded_peer(p) for p in peers]
-        self._send_response(tid, values, addr)
+        self.send_response(tid, values, addr)
 
     def _encoded_peer(self, addr: Addr) -> bytes:
         """The compact form of a stored peer or a querier's address (BEP 42 `ip`), cached: the same
@@ -281,7 +306,7 @@ class NodeCore:
 
     def _refuse(self, tid: bytes, code: int, text: str, reason: str, addr: Addr) -> None:
         self.counters[f"refused.{reason}"] += 1
-        self._send_error(tid, code, text, addr)
+        self.send_error(tid, code, text, addr)
 
     def _answer_announce(self, tid: bytes, body: AnnouncePeer, addr: Addr, now: float) -> None:
         if not self.tokens.is_valid(body.token, addr[0], now):
@@ -293,7 +318,7 @@ class NodeCore:
             return
         if self._stored(tid, addr, lambda: self.storage.add_peer(body.info_hash, (addr[0], port), now,
                                                                  seed=body.seed)):
-            self._send_response(tid, {}, addr)
+            self.send_response(tid, {}, addr)
 
     def _stored(self, tid: bytes, addr: Addr, write: Callable[[], None]) -> bool:
         """Run a storage write; a refusal becomes the KRPC error BEP 5 / BEP 44 name for it."""
@@ -318,7 +343,7 @@ class NodeCore:
                 values.update({b"v": Raw(item.value), b"k": item.public_key, b"sig": item.signature})
         elif item is not None:
             values[b"v"] = Raw(item.value)
-        self._send_response(tid, values, addr)
+        self.send_response(tid, values, addr)
 
     def _answer_put(self, tid: bytes, body: Put, addr: Addr, now: float) -> None:
         if not self.tokens.is_valid(body.token, addr[0], now):
@@ -344,7 +369,7 @@ class NodeCore:
             self._replicas.postpone(item.target, now)  # someone else keeps it alive this interval
         else:
             self._replicas.add(item.target, now)
-        self._send_response(tid, {}, addr)
+        self.send_response(tid, {}, addr)
 
     def _handle_response(self, response: Response, addr: Addr, now: float) -> None:
         txn = self.rpc.match(response.tid, addr)
@@ -370,6 +395,8 @@ class NodeCore:
             self._hand_over(NodeInfo(sender, addr), now)
         if response.ip is not None:
             self._vote_external_addr(response.ip)
+        if self.liveness is not None:
+            self.liveness.heard_from(sender, now)
         txn.node_id = sender
         txn.handler.rpc_response(txn, response, now)
 
@@ -396,26 +423,40 @@ class NodeCore:
         current = self.external_addr
         if current is None or counts[reported] > counts.get(current, 0):
             self.external_addr = reported
+            if reported != current:
+                self._address_known(reported)
+
+    def _address_known(self, addr: Addr) -> None:
+        """Others see us at ``addr``: gossip can start (claims about us must carry where we are)."""
+        if not self.settings.gossip_enabled:
+            return
+        if self.liveness is None:
+            self.liveness = Liveness(self, NodeInfo(self.node_id, addr), self.last_now, self._incarnation)
+            self.routing_table.listener = self.liveness
+        else:
+            self.liveness.set_own_addr(addr)
 
     # ------------------------------------------------------------------ sending
 
-    def _send_response(self, tid: bytes, values: dict[bytes, Any], addr: Addr) -> None:
+    def send_response(self, tid: bytes, values: dict[bytes, Any], addr: Addr) -> None:
         values[b"id"] = self._id_bytes
         self._outgoing.append((encode_response(tid, values, self.settings.client_version, addr,
                                                self._encoded_peer(addr)), addr))
         self.counters["responses_out"] += 1
 
-    def _send_error(self, tid: bytes, code: int, text: str, addr: Addr) -> None:
+    def send_error(self, tid: bytes, code: int, text: str, addr: Addr) -> None:
         message = ErrorReply(tid=tid, code=code, message=text, version=self.settings.client_version)
         self._outgoing.append((encode_message(message), addr))
         self.counters[f"errors_out.{code}"] += 1
 
     def send_query(
-        self, addr: Addr, node_id: int | None, body: QueryBody, handler: Handler, now: float
+        self, addr: Addr, node_id: int | None, body: QueryBody, handler: Handler, now: float,
+        *, timeout: float | None = None,
     ) -> Transaction | None:
-        """Send a query; the handler hears the outcome. None when too many requests are in flight."""
+        """Send a query; the handler hears the outcome. None when too many requests are in flight.
+        ``timeout`` fixes the timeout instead of adapting it to the peer (gossip probes)."""
         method = method_name(body)
-        txn = self.rpc.start(addr, node_id, method, handler, now)
+        txn = self.rpc.start(addr, node_id, method, handler, now, timeout)
         if txn is None:
             self.counters["rpc.refused_busy"] += 1
             return None
@@ -423,6 +464,10 @@ class NodeCore:
         self._outgoing.append((encode_message(query), addr))
         self.counters[f"queries_out.{method}"] += 1
         return txn
+
+    def last_datagram_size(self) -> int:
+        """Bytes of the datagram queued last (what gossip counts against its budget)."""
+        return len(self._outgoing[-1][0]) if self._outgoing else 0
 
     def note_failure(self, txn: Transaction, now: float) -> None:
         """A request timed out: the routing table counts it against the node."""
@@ -678,10 +723,17 @@ class NodeCore:
                 "own_items": len(self._own_items),
                 "own_announces": len(self._own_announces),
             },
+            "gossip": self._gossip_status(now),
             "rpc_in_flight": self.rpc.in_flight,
             "lookups_active": len(self.active_lookups),
             "counters": grouped(self.counters),
         }
+
+
+    def _gossip_status(self, now: float) -> dict[str, Any] | str:
+        if self.liveness is not None:
+            return self.liveness.view(now)
+        return "starting: waits for a reply that tells our address" if self.settings.gossip_enabled else "off"
 
 
 class _HandOver(Handler):

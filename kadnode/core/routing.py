@@ -16,6 +16,7 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 from kadnode.core.nodeid import ID_BITS, ID_SPACE, bep42_acceptable, random_id_in_range
 from kadnode.settings import Settings
@@ -60,6 +61,9 @@ class RoutingEntry:
     """Its ID passes BEP 42 for its address (addresses in BEP 42's exempt ranges pass)."""
     last_pinged: float | None = None
     """When ``ping_candidates`` last offered it."""
+    dead: bool = False
+    """Liveness gossip's own probes found it dead (``evict``) while no replacement was waiting: BAD, and
+    the first newcomer takes its place."""
     _compact: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     @property
@@ -72,8 +76,10 @@ class RoutingEntry:
 
     def state(self, now: float, settings: Settings) -> NodeState:
         """BEP 5 states: GOOD answered within ``good_interval`` (or has answered ever and queried us within
-        it) with no failure since; BAD after ``max_failures`` consecutive failures; else QUESTIONABLE."""
-        if self.failures >= settings.max_failures:
+        it) with no failure since; BAD after ``max_failures`` consecutive failures; else QUESTIONABLE.
+        With liveness gossip on, failures make a node questionable but only gossip makes it BAD (``dead``):
+        timeouts under loss must not evict a node that answers (docs/gossip.md)."""
+        if self.dead or (self.failures >= settings.max_failures and not settings.gossip_enabled):
             return NodeState.BAD
         if self.failures == 0 and self.last_response is not None:
             recent = now - settings.good_interval
@@ -94,6 +100,15 @@ def _replacement_rank(entry: RoutingEntry) -> tuple[bool, bool, float, float]:
     """Larger is better: answered (and not failing since), then BEP 42 verified, then most recent."""
     answered = entry.last_response is not None and entry.failures == 0
     return (answered, entry.verified, entry.last_response or -math.inf, entry.last_heard)
+
+
+class TableListener(Protocol):
+    """Hears every change to the set of live entries (the liveness gossip mirrors it)."""
+
+    def entry_added(self, entry: RoutingEntry) -> None: ...
+
+    def entry_removed(self, entry: RoutingEntry, evicted: bool) -> None:
+        """``evicted``: it left because it failed (timeouts, or gossip found it dead), not by ``remove``."""
 
 
 class _Bucket:
@@ -120,6 +135,10 @@ class RoutingTable:
         self._buckets: list[_Bucket] = [_Bucket(now)]
         self._turned_away: dict[int, float] = {}
         """IDs of querying strangers that found no room, and until when to turn them away unexamined."""
+        self._evict_on_failures = not settings.gossip_enabled
+        self.listener: TableListener | None = None
+        self.evicted = 0
+        """Live entries that left because they failed (see ``TableListener.entry_removed``)."""
 
     # --- sizes and inspection -------------------------------------------------------------------
 
@@ -174,7 +193,7 @@ class RoutingTable:
     def to_nodes(self) -> list[NodeInfo]:
         """Live, non-BAD nodes for persistence: answered and not failing (most recent first), then
         answered but failing since, then those that never answered."""
-        alive = [e for e in self.entries() if e.failures < self._max_failures]
+        alive = [e for e in self.entries() if not self._is_bad(e)]
         alive.sort(key=lambda e: (e.last_response is None, e.failures > 0, -(e.last_response or 0.0)))
         return [e.node_info() for e in alive]
 
@@ -211,12 +230,16 @@ class RoutingTable:
             if entry is None:
                 continue
             if entry.addr != node.addr:
-                if entry.failures < self._max_failures:
+                if not self._is_bad(entry):
                     return live.get(node_id)
                 fresh = self._new_entry(node, now)
                 if fresh is None:
                     return live.get(node_id)
-                pool[node_id] = entry = fresh
+                pool[node_id] = fresh
+                if pool is live:
+                    self._removed(entry, evicted=True)
+                    self._added(fresh)
+                entry = fresh
             self._update(entry, now, responded, rtt)
             if pool is live:
                 if responded:
@@ -246,8 +269,9 @@ class RoutingTable:
             if addr is not None and addr != entry.addr:
                 return
             entry.failures += 1
-            if entry.failures >= self._max_failures and bucket.replacements:
+            if self._evict_on_failures and entry.failures >= self._max_failures and bucket.replacements:
                 del bucket.live[node_id]
+                self._removed(entry, evicted=True)
                 self._promote(bucket, now)
             return
         entry = bucket.replacements.get(node_id)
@@ -260,10 +284,46 @@ class RoutingTable:
         """Forget ``node_id`` (live or waiting); a freed live slot goes to the best replacement
         (which counts as a bucket change at ``now`` when given)."""
         bucket = self._bucket_of(node_id)
-        if bucket.live.pop(node_id, None) is not None:
+        entry = bucket.live.pop(node_id, None)
+        if entry is not None:
+            self._removed(entry, evicted=False)
             self._promote(bucket, now)
         else:
             bucket.replacements.pop(node_id, None)
+
+    def evict(self, node_id: int, now: float) -> bool:
+        """Liveness gossip's verdict: our own probes found ``node_id`` dead. It leaves at once if a
+        replacement is waiting (True); otherwise it stays, BAD, until a newcomer takes its place."""
+        bucket = self._bucket_of(node_id)
+        entry = bucket.live.get(node_id)
+        if entry is None:
+            return False
+        if not bucket.replacements:
+            entry.dead = True
+            return False
+        del bucket.live[node_id]
+        self._removed(entry, evicted=True)
+        self._promote(bucket, now)
+        return True
+
+    def mark_questionable(self, node_id: int) -> None:
+        """Stop treating ``node_id`` as good until it answers us again (liveness gossip heard it may be
+        dead): one failure on its record, which any response clears."""
+        entry = self.get(node_id)
+        if entry is not None and entry.failures == 0:
+            entry.failures = 1
+
+    def has_room(self, node_id: int) -> bool:
+        """Whether ``node_id`` would enter the table now (not as a replacement) if it answered us."""
+        if node_id == self.own_id or self.get(node_id) is not None:
+            return False
+        index = min(ID_BITS - (node_id ^ self.own_id).bit_length(), len(self._buckets) - 1)
+        bucket = self._buckets[index]
+        return (
+            len(bucket.live) < self._k
+            or (index == len(self._buckets) - 1 and len(self._buckets) < ID_BITS)
+            or any(self._is_bad(e) for e in bucket.live.values())
+        )
 
     # --- queries --------------------------------------------------------------------------------
 
@@ -279,12 +339,15 @@ class RoutingTable:
             return []
         buckets = self._buckets
         max_failures = self._max_failures
+        evict_on_failures = self._evict_on_failures  # with gossip, only its verdict (dead) rules one out
         result: list[RoutingEntry] = []
         for index in self._buckets_by_distance(target):
             found = [
                 e
                 for e in buckets[index].live.values()
-                if e.failures < max_failures and not (answered_only and e.last_response is None)
+                if not e.dead
+                and (e.failures < max_failures or not evict_on_failures)
+                and not (answered_only and e.last_response is None)
             ]
             found.sort(key=lambda e: e.id ^ target)
             result.extend(found)
@@ -353,6 +416,19 @@ class RoutingTable:
             if not diff >> (top - j) & 1:
                 yield j
 
+    def _is_bad(self, entry: RoutingEntry) -> bool:
+        return entry.dead or (self._evict_on_failures and entry.failures >= self._max_failures)
+
+    def _added(self, entry: RoutingEntry) -> None:
+        if self.listener is not None:
+            self.listener.entry_added(entry)
+
+    def _removed(self, entry: RoutingEntry, *, evicted: bool) -> None:
+        if evicted:
+            self.evicted += 1
+        if self.listener is not None:
+            self.listener.entry_removed(entry, evicted)
+
     def _bucket_of(self, node_id: int) -> _Bucket:
         shared = ID_BITS - (node_id ^ self.own_id).bit_length()
         return self._buckets[min(shared, len(self._buckets) - 1)]
@@ -365,6 +441,7 @@ class RoutingTable:
 
     @staticmethod
     def _update(entry: RoutingEntry, now: float, responded: bool, rtt: float | None) -> None:
+        entry.dead = False  # it sent us something from its address: whatever gossip concluded, it is up
         if not responded:
             entry.last_query = now
             return
@@ -380,15 +457,18 @@ class RoutingTable:
             if len(bucket.live) < self._k:
                 bucket.live[entry.id] = entry
                 bucket.last_changed = now
+                self._added(entry)
                 return
             if index < len(self._buckets) - 1 or len(self._buckets) >= ID_BITS:
                 break
             self._split()
-        bad = next((e for e in bucket.live.values() if e.failures >= self._max_failures), None)
+        bad = next((e for e in bucket.live.values() if self._is_bad(e)), None)
         if bad is not None:
             del bucket.live[bad.id]
+            self._removed(bad, evicted=True)
             bucket.live[entry.id] = entry
             bucket.last_changed = now
+            self._added(entry)
             return
         if not self._add_replacement(bucket, entry) and entry.last_response is None:
             turned_away = self._turned_away
@@ -423,6 +503,7 @@ class RoutingTable:
             bucket.live[best.id] = best
             if now is not None:
                 bucket.last_changed = now
+            self._added(best)
 
     def _split(self) -> None:
         """Split the last bucket: IDs sharing one more bit with ours move to a new last bucket.

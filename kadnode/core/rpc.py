@@ -105,9 +105,11 @@ class RpcManager:
         return len(self._live)
 
     def start(
-        self, addr: Addr, node_id: int | None, method: str, handler: RpcHandler, now: float
+        self, addr: Addr, node_id: int | None, method: str, handler: RpcHandler, now: float,
+        timeout: float | None = None,
     ) -> Transaction | None:
-        """A new transaction with a fresh tid, or None when too many are in flight."""
+        """A new transaction with a fresh tid, or None when too many are in flight. A fixed ``timeout``
+        (a gossip probe's) replaces the adaptive ones, with no slow stage."""
         if len(self._live) >= self._max_live:
             return None
         tid_int = self._next_tid
@@ -116,8 +118,11 @@ class RpcManager:
             tid_int = (tid_int + 1) % TID_SPACE
             tid = tid_int.to_bytes(2, "big")
         self._next_tid = (tid_int + 1) % TID_SPACE
-        full = self.timeout_for(addr)
-        short = self.short_timeout_for(addr)
+        if timeout is None:
+            full = self.timeout_for(addr)
+            short = self.short_timeout_for(addr)
+        else:
+            full = short = timeout
         txn = Transaction(tid, addr, node_id, method, now, now + short, now + full, handler)
         self._live[tid] = txn
         self._push(txn.short_deadline, txn)

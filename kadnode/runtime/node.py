@@ -144,7 +144,9 @@ class Node:
             if store is not None:
                 store.save_node_id(node_id)
                 self._saved_routes = store.load_routes()[:WARM_START_MAX]
-            core = NodeCore(node_id, self.settings, self.rng, loop.time(), storage=storage)
+            # Gossip incarnations must grow across restarts: the wall clock's seconds do (docs/gossip.md).
+            core = NodeCore(node_id, self.settings, self.rng, loop.time(), storage=storage,
+                            incarnation=int(time.time()))
             driver = UdpDriver(core, sock, self.settings)
         except BaseException:
             if sock is not None:

@@ -26,7 +26,13 @@ MAX_TID_LEN = 16
 MAX_SEQ = 2**63 - 1
 """Largest BEP 44 sequence number (MAX_INT64); negative ones are refused too, as the BEP allows."""
 
+MAX_INCARNATION = 2**32 - 1
+"""Largest gossip incarnation (4 bytes in a claim)."""
+MAX_PROBE_TIMEOUT_MS = 60_000
+"""Longest indirect-probe wait a kn_gossip request may ask for."""
+
 _ID_LEN = 20
+_NODE_LEN = 26  # compact node info
 _KEY_LEN = 32  # ed25519 public key
 _SIG_LEN = 64  # ed25519 signature
 
@@ -117,7 +123,29 @@ class Put:
         return b"put"
 
 
-QueryBody = Ping | FindNode | GetPeers | AnnouncePeer | Get | Put | UnknownMethod
+@dataclass(frozen=True, slots=True)
+class KnGossip:
+    """kadnode's liveness-gossip query (docs/gossip.md): a probe that carries claims, or, with `probe`,
+    a request to probe that node for the sender (an indirect probe) and say whether it answered.
+
+    Other clients answer it 204 (method unknown): they are then probed with plain `ping` instead.
+    """
+
+    incarnation: int
+    """The sender's incarnation (`inc`, 0..2**32-1)."""
+    claims: bytes = b""
+    """Concatenated 31-byte claims (`c`), decoded by the gossip layer."""
+    probe: bytes | None = None
+    """`p`: the 26-byte compact node info of the node to probe on the sender's behalf."""
+    probe_timeout_ms: int | None = None
+    """`pt`: how long the sender waits for the indirect probe's outcome, in milliseconds."""
+
+    @property
+    def method(self) -> bytes:
+        return b"kn_gossip"
+
+
+QueryBody = Ping | FindNode | GetPeers | AnnouncePeer | Get | Put | KnGossip | UnknownMethod
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +302,8 @@ def _decode_query(env: _Envelope, msg: dict[bytes, Bencoded], tid: bytes, versio
         body = Get(env.get_id20(args, b"target", "bad_target"), _optional_int(env, args, b"seq", "bad_seq"))
     elif method == b"put":
         body = _decode_put(env, args)
+    elif method == b"kn_gossip":
+        body = _decode_gossip(env, args)
     else:
         target = args.get(b"target")
         if type(target) is not bytes or len(target) != _ID_LEN:
@@ -338,6 +368,18 @@ def _decode_put(env: _Envelope, args: dict[bytes, Bencoded]) -> Put:
     if public_key is not None and (seq is None or signature is None):
         raise env.error("missing_field", "a mutable put ('k') needs 'seq' and 'sig'")
     return Put(token, value, public_key, salt or b"", seq, signature, cas)
+
+
+def _decode_gossip(env: _Envelope, args: dict[bytes, Bencoded]) -> KnGossip:
+    incarnation = env.get(args, b"inc")
+    if type(incarnation) is not int or not 0 <= incarnation <= MAX_INCARNATION:
+        raise env.error("bad_incarnation", f"'inc' must be an integer in 0..{MAX_INCARNATION}")
+    claims = _optional_bytes(env, args, b"c", "bad_claims") or b""
+    probe = _optional_bytes(env, args, b"p", "bad_probe", _NODE_LEN)
+    timeout = _optional_int(env, args, b"pt", "bad_probe")
+    if timeout is not None and not 0 <= timeout <= MAX_PROBE_TIMEOUT_MS:
+        raise env.error("bad_probe", f"'pt' must be in 0..{MAX_PROBE_TIMEOUT_MS}")
+    return KnGossip(incarnation, claims, probe, timeout)
 
 
 def _decode_response(
@@ -440,6 +482,14 @@ def _query_args(query: Query) -> dict[bytes, Any]:
             args[b"seq"] = body.seq
     elif isinstance(body, Put):
         _put_args(body, args)
+    elif isinstance(body, KnGossip):
+        args[b"inc"] = body.incarnation
+        if body.claims:
+            args[b"c"] = body.claims
+        if body.probe is not None:
+            args[b"p"] = body.probe
+        if body.probe_timeout_ms is not None:
+            args[b"pt"] = body.probe_timeout_ms
     elif isinstance(body, UnknownMethod) and body.target is not None:
         args[b"target"] = body.target
     return args
@@ -518,3 +568,28 @@ def response_item(resp: Response) -> ItemReply:
     if signature is not None and (type(signature) is not bytes or len(signature) != _SIG_LEN):
         raise _bad_value(resp, "bad_signature", f"'sig' must be a {_SIG_LEN}-byte string")
     return ItemReply(value, public_key, seq, signature)
+
+
+@dataclass(frozen=True, slots=True)
+class GossipReply:
+    """The gossip fields of a kn_gossip response, checked for type and range."""
+
+    incarnation: int | None
+    claims: bytes
+    probe_acked: bool | None
+    """For an indirect-probe request: whether the node probed for us answered (`pa`); else None."""
+
+
+def response_gossip(resp: Response) -> GossipReply:
+    """The gossip fields of a response (a node that is not kadnode sends none of them)."""
+    values = resp.values
+    incarnation = values.get(b"inc")
+    if incarnation is not None and (type(incarnation) is not int or not 0 <= incarnation <= MAX_INCARNATION):
+        raise _bad_value(resp, "bad_incarnation", f"'inc' must be an integer in 0..{MAX_INCARNATION}")
+    claims = values.get(b"c", b"")
+    if type(claims) is not bytes:
+        raise _bad_value(resp, "bad_claims", "'c' must be a string")
+    acked = values.get(b"pa")
+    if acked is not None and type(acked) is not int:
+        raise _bad_value(resp, "bad_probe", "'pa' must be an integer")
+    return GossipReply(incarnation, claims, None if acked is None else acked != 0)

@@ -11,6 +11,11 @@ yield ``Evict``; and the caller evicts only in favour of a waiting replacement (
 Any ack or message from a member clears everything at once. We send only claims we vouch for: our own
 verdicts, our own refutations, and ALIVE claims the subject sent us itself, so honest nodes never amplify a
 forged claim.
+
+Sweeps: evidence of churn (a failed round of ours starting a new suspicion, or anyone's SUSPECT/DEAD claim
+about anyone but us) makes us probe every member once, faster than the round robin, at most once per
+``sweep_min_interval`` and paid from the same token bucket; a sweep only changes *when* we probe, so the
+eviction rule above is untouched.
 """
 
 from __future__ import annotations
@@ -110,6 +115,8 @@ class _Member:
     """We have queued our own SUSPECT claim for the current suspicion."""
     last_hearsay_probe: float = -math.inf
     last_heard: float | None = None
+    """Our last first-hand sign of life from it: an ack (direct, through a helper, or to a probe we ran for
+    someone), or any message (``heard_from``). Sweeps skip members heard recently."""
 
 
 @dataclass(slots=True)
@@ -165,6 +172,15 @@ class Gossip:
         self._round_cost = s.probe_bytes * (s.indirect_probes + 1)
         self._probe_reserve = self._round_cost + 2 * s.probe_bytes
         """Budget claims never touch: one full probe round and one helper request stay affordable."""
+        floor = self._probe_reserve + s.max_claims_per_message * CLAIM_SIZE
+        self._sweep_floor = max(0.0, min(floor, self._bucket.capacity - self._round_cost))
+        """Budget sweeps never touch: whatever triggers them, a full message of claims (refutations, our
+        verdicts) and the regular rounds stay affordable (less in a bucket too small for that)."""
+        self._sweep: dict[int, None] = {}
+        """The running sweep's to-do list, stalest first: members it has yet to probe. A member leaves it
+        when heard from, so the ``last_heard`` of those in it never changes and the order holds."""
+        self._sweep_started = -math.inf
+        self._next_sweep = now
         self._queue.push(Claim(ClaimKind.ALIVE, own, incarnation, own.id))  # tell our contacts who we are
 
     # --- membership -----------------------------------------------------------------------------
@@ -178,6 +194,11 @@ class Gossip:
     @property
     def bytes_sent(self) -> int:
         return self._meter.total
+
+    def is_plain(self, node_id: int) -> bool:
+        """Whether ``node_id`` answered 204 to kn_gossip (probed with ``ping``, never sent claims)."""
+        member = self._members.get(node_id)
+        return member is not None and member.plain
 
     def status_of(self, node_id: int) -> ClaimKind | None:
         member = self._members.get(node_id)
@@ -196,6 +217,7 @@ class Gossip:
             self._rounds.pop(node_id, None)
             self._urgent.pop(node_id, None)
             self._hearsay.pop(node_id, None)
+            self._sweep.pop(node_id, None)
 
     def mark_plain(self, node_id: int) -> None:
         """``node_id`` answered 204 to kn_gossip: probe it with ``ping``, never send it claims or ask it
@@ -208,12 +230,13 @@ class Gossip:
 
     def next_probe(self, now: float) -> Probe | None:
         """The next probe due: re-probes of suspects first, then the slot (a hearsay check, else the
-        round robin).
+        round robin), then a sweep's next member.
         Call until None. A round starts only when the budget could pay for it in full (the probe and its
         helpers), so that a round is never cut short into weaker evidence; the probe is charged at once."""
         self._last_now = now
         if not self._bucket.has(self._round_cost, now):  # start only rounds we can finish (with helpers)
             return None
+        target: int | None = None
         due = [(when, node_id) for node_id, when in self._urgent.items() if when <= now and node_id not in self._rounds]
         if due:
             _, target = min(due)
@@ -226,13 +249,31 @@ class Gossip:
                 del self._hearsay[target]
                 self.counters["probes.hearsay"] += 1
             else:
-                picked = self._next_in_order()
-                if picked is None:
-                    return None
-                target = picked
-        else:
+                target = self._next_in_order()
+        if target is None:
+            target = self._sweep_target(now)
+        if target is None:
             return None
         return self._start_round(self._members[target], now)
+
+    def churn_evidence(self, now: float) -> bool:
+        """Evidence that nodes are failing: start a sweep (True) unless one is running, the last started
+        less than ``sweep_min_interval`` ago, or sweeps are off. Called by the machine itself on a new
+        suspicion of ours and on SUSPECT/DEAD claims; the caller may add its own evidence. Safe whatever
+        its source: a sweep only probes our own members sooner, within the budget."""
+        self._last_now = now
+        s = self.settings
+        if s.sweep_probes_per_second <= 0 or self._sweep or now - self._sweep_started < s.sweep_min_interval:
+            return False
+        todo = [i for i, m in self._members.items() if m.status is not ClaimKind.DEAD and i not in self._rounds]
+        if not todo:
+            return False
+        self._rng.shuffle(todo)  # ties in random order, then the stalest (never heard: first) go first
+        todo.sort(key=lambda i: -math.inf if (heard := self._members[i].last_heard) is None else heard)
+        self._sweep = dict.fromkeys(todo)
+        self._sweep_started = self._next_sweep = now
+        self.counters["sweeps"] += 1
+        return True
 
     def probe_acked(self, node_id: int, now: float, incarnation: int | None = None) -> list[Action]:
         """The target answered our direct probe (a kn_gossip reply carries its ``incarnation``)."""
@@ -345,6 +386,10 @@ class Gossip:
         if probe_times:
             ready = self._bucket.ready_at(self._round_cost, self._last_now)
             times.append(max(min(probe_times), ready))
+        swept = self._sweep_next()
+        if swept is not None:
+            ready = self._bucket.ready_at(self._round_cost + self._sweep_floor, self._last_now)
+            times.append(max(self._sweep_ready_at(swept), self._next_sweep, ready))
         return min(times) if times else None
 
     # --- claims ---------------------------------------------------------------------------------
@@ -353,12 +398,14 @@ class Gossip:
         """Claims that arrived on a message (decoded with the sender as origin)."""
         self._last_now = now
         actions: list[Action] = []
+        churn = False
         for claim in claims[:MAX_CLAIMS_PER_MESSAGE]:
             self.counters["claims.received"] += 1
             subject = claim.subject
             if subject.id == self.own.id:
                 self._about_me(claim, now)
                 continue
+            churn |= claim.kind is not ClaimKind.ALIVE  # even about a stranger: a reason to check our own
             member = self._members.get(subject.id)
             if member is None:
                 if claim.kind is ClaimKind.ALIVE:
@@ -372,6 +419,8 @@ class Gossip:
                 self._alive_claim(member, claim)
             else:
                 actions += self._accusation(member, claim, now)
+        if churn:
+            self.churn_evidence(now)
         return actions
 
     def take_piggyback(self, max_bytes: int, now: float, dest: int | None = None) -> bytes:
@@ -406,6 +455,7 @@ class Gossip:
             "bytes_sent": self._meter.total,
             "claims_queued": len(self._queue),
             "probes_in_flight": len(self._rounds),
+            "sweeping": len(self._sweep),
         }
 
     # --- internals ------------------------------------------------------------------------------
@@ -432,8 +482,37 @@ class Gossip:
                 return node_id
         return None
 
+    def _sweep_ready_at(self, node_id: int) -> float:
+        """When the sweep may probe ``node_id``: at once, or once we have not heard it for
+        ``sweep_skip_fresh`` (the same expression decides in ``_sweep_target`` and ``next_deadline``)."""
+        heard = self._members[node_id].last_heard
+        return -math.inf if heard is None else heard + self.settings.sweep_skip_fresh
+
+    def _sweep_next(self) -> int | None:
+        """The sweep's next member: the stalest one not already due for a re-probe of its own (it waits for
+        that). Stalest first means no other member is ready before it."""
+        for node_id in self._sweep:
+            if node_id not in self._urgent and node_id not in self._rounds:
+                return node_id
+        return None
+
+    def _sweep_target(self, now: float) -> int | None:
+        """The sweep's next member if it is due (fresh ones wait until they are not) and the budget above
+        the sweep floor pays a full round."""
+        if not self._sweep or now < self._next_sweep:
+            return None
+        node_id = self._sweep_next()
+        if node_id is None or now < self._sweep_ready_at(node_id):
+            return None
+        if not self._bucket.has(self._round_cost + self._sweep_floor, now):
+            return None
+        self._next_sweep = now + self._scaled(1.0 / self.settings.sweep_probes_per_second)
+        self.counters["probes.sweep"] += 1
+        return node_id
+
     def _start_round(self, member: _Member, now: float) -> Probe:
         node_id = member.node.id
+        self._sweep.pop(node_id, None)  # any round of ours to it counts as its sweep probe
         self._rounds[node_id] = _Round(node_id, now + self._scaled(self.settings.probe_interval))
         self._spend(self.settings.probe_bytes, now)
         self.counters["probes.sent"] += 1
@@ -458,6 +537,7 @@ class Gossip:
         if incarnation is not None and member.incarnation < incarnation <= MAX_INCARNATION:
             member.incarnation = incarnation
         member.last_heard = now
+        self._sweep.pop(node_id, None)  # alive since the sweep started: nothing to check
         member.failed_rounds = 0
         if member.status is not ClaimKind.ALIVE:
             self._clear(member)
@@ -487,6 +567,7 @@ class Gossip:
         actions: list[Action] = []
         if member.suspicion is None:
             actions += self._suspect(member, self.own.id, now)
+            self.churn_evidence(now)  # a new suspicion of our own: check the other members soon
         else:
             member.suspicion.confirm(self.own.id)
         if not member.vouched:
@@ -519,6 +600,7 @@ class Gossip:
         member.suspicion = None
         self._urgent.pop(member.node.id, None)
         self._hearsay.pop(member.node.id, None)
+        self._sweep.pop(member.node.id, None)
         self._queue.push(Claim(ClaimKind.DEAD, member.node, member.incarnation, self.own.id))
         self.counters["claims.queued"] += 1
         self.counters["evictions"] += 1

@@ -44,9 +44,23 @@ class GossipSettings:
     make us flood anyone (SWIM's rate is one probe per member per round; this is the round at N≈30)."""
     max_behalf_in_flight: int = 16
     """Probes we run for other nodes at once (the helper side); more requests are refused."""
+    sweep_probes_per_second: float = 8.0
+    """Pace of a sweep: on evidence of churn we probe every member once at this rate (on top of the round
+    robin, scaled down by local health like every interval), so ~75 members take ~10 s instead of the
+    round robin's ~75 s. Paid from the token bucket above a floor kept for claims and regular rounds, so
+    it cannot raise the long-run byte rate. 0 disables sweeps."""
+    sweep_min_interval: float = 60.0
+    """At most one sweep started per this many seconds: whatever triggers them (honest churn, forged
+    claims), sweeps add at most one probe per member per this period."""
+    sweep_skip_fresh: float = 10.0
+    """A member that acked us or sent us anything this recently is not probed by a sweep yet: it leaves the
+    sweep if it speaks again, else it is probed once this long has passed since we last heard it (a member
+    heard just before it crashed must not escape the sweep)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.probe_timeout < self.probe_interval:
             raise ValueError("need 0 < probe_timeout < probe_interval")
         if self.gossip_bytes_per_second <= 0 or self.probe_bytes <= 0 or self.min_failed_rounds < 1:
             raise ValueError("rates, sizes and min_failed_rounds must be positive")
+        if not (self.sweep_probes_per_second >= 0 and self.sweep_min_interval >= 0 and self.sweep_skip_fresh >= 0):
+            raise ValueError("sweep settings must be >= 0 (sweep_probes_per_second=0 disables sweeps)")

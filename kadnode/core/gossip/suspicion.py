@@ -41,18 +41,24 @@ class Suspicion:
     high: float
     expected: int
     origins: set[int] = field(default_factory=set)
+    deadline: float = field(init=False)
+    """When the timeout ends; kept up to date by ``confirm`` (the machine reads it for every suspect on
+    every ``next_deadline``)."""
+
+    def __post_init__(self) -> None:
+        self._update()
 
     @property
     def confirmations(self) -> int:
         return max(0, len(self.origins) - 1)
-
-    @property
-    def deadline(self) -> float:
-        return self.start + suspicion_timeout(self.confirmations, self.expected, self.low, self.high)
 
     def confirm(self, origin: int) -> bool:
         """Count ``origin`` once; False when it was already counted."""
         if origin in self.origins:
             return False
         self.origins.add(origin)
+        self._update()
         return True
+
+    def _update(self) -> None:
+        self.deadline = self.start + suspicion_timeout(self.confirmations, self.expected, self.low, self.high)

@@ -1,0 +1,197 @@
+"""Liveness gossip inside the node: kn_gossip on the wire, the routing table's verdicts, degradation to
+ping for nodes that do not speak it, and crash detection in the simulator (docs/gossip.md)."""
+
+from __future__ import annotations
+
+import random
+
+from kadnode.core.gossip import Claim, ClaimKind, encode_claims
+from kadnode.core.node import NodeCore
+from kadnode.core.routing import NodeState
+from kadnode.settings import Settings
+from kadnode.sim.network import SimNetwork
+from kadnode.sim.scenarios import grow
+from kadnode.types import Addr, NodeInfo
+from kadnode.wire.compact import encode_nodes
+from kadnode.wire.krpc import (
+    ErrorReply,
+    KnGossip,
+    Message,
+    Ping,
+    Query,
+    Response,
+    decode_message,
+    encode_message,
+    encode_response,
+    response_gossip,
+)
+
+ME: Addr = ("127.0.0.2", 6881)
+PEER: Addr = ("127.0.0.3", 7000)
+PEER_ID = bytes(range(20))
+OTHER: Addr = ("127.0.0.4", 7000)
+OTHER_ID = bytes(range(1, 21))
+
+
+def started_core(seed: int = 1) -> NodeCore:
+    """A core that knows its address (a reply told it), so its gossip runs; PEER is in its table."""
+    rng = random.Random(seed)
+    core = NodeCore(rng.getrandbits(160), Settings(), rng, now=0.0, incarnation=1000)
+    core.ping(PEER, 0.0, lambda _r: None)
+    (data, _), = core.take_outgoing()
+    query = decode_message(data)
+    core.datagram_received(encode_response(query.tid, {b"id": PEER_ID}, None, ME), PEER, 0.01)
+    assert core.liveness is not None and core.external_addr == ME
+    return core
+
+
+def ask(core: NodeCore, body: object, *, src: Addr = PEER, sender: bytes = PEER_ID, now: float = 1.0,
+        tid: bytes = b"tx") -> list[Message]:
+    core.datagram_received(encode_message(Query(tid, sender, body)), src, now)  # type: ignore[arg-type]
+    return [m for m in (decode_message(d) for d, a in core.take_outgoing() if a == src) if m.tid == tid]
+
+
+def test_gossip_starts_once_the_node_knows_its_address_and_mirrors_the_table() -> None:
+    rng = random.Random(2)
+    core = NodeCore(rng.getrandbits(160), Settings(), rng, now=0.0)
+    assert core.liveness is None and core.status(0.0)["gossip"].startswith("starting")
+    core = started_core()
+    liveness = core.liveness
+    assert liveness is not None
+    assert int.from_bytes(PEER_ID, "big") in liveness.gossip
+    view = core.status(1.0)["gossip"]
+    assert view["members"] == 1 and view["alive"] == 1 and view["incarnation"] == 1000
+
+
+def test_disabled_gossip_answers_kn_gossip_with_204() -> None:
+    rng = random.Random(3)
+    core = NodeCore(rng.getrandbits(160), Settings(gossip_enabled=False), rng, now=0.0)
+    (reply,) = ask(core, KnGossip(5))
+    assert isinstance(reply, ErrorReply) and reply.code == 204
+    assert core.status(1.0)["gossip"] == "off"
+
+
+def test_kn_gossip_is_answered_with_our_incarnation_and_its_claims_are_taken() -> None:
+    core = started_core()
+    (reply,) = ask(core, KnGossip(7))
+    assert isinstance(reply, Response)
+    gossip = response_gossip(reply)
+    assert gossip.incarnation == 1000 and gossip.probe_acked is None
+    assert core.counters["queries_in.kn_gossip"] == 1
+    assert core.counters["gossip.bytes_out"] > 28
+    # A claim that we are suspect, at our incarnation, is refuted: the incarnation goes up.
+    me = NodeInfo(core.node_id, ME)
+    claims = encode_claims([Claim(ClaimKind.SUSPECT, me, 1000, int.from_bytes(PEER_ID, "big"))])
+    (reply,) = ask(core, KnGossip(7, claims), tid=b"t2")
+    assert isinstance(reply, Response)
+    assert response_gossip(reply).incarnation == 1001
+
+
+def test_garbage_claims_are_counted_and_the_query_still_answered() -> None:
+    core = started_core()
+    (reply,) = ask(core, KnGossip(7, b"\x01" * 30))
+    assert isinstance(reply, Response)
+    assert core.counters["gossip.bad_claims"] == 1
+
+
+def test_a_forged_dead_claim_never_evicts_a_node_that_answers() -> None:
+    core = started_core()
+    peer = NodeInfo(int.from_bytes(PEER_ID, "big"), PEER)
+    forged = encode_claims([Claim(ClaimKind.DEAD, peer, 2**32 - 1, int.from_bytes(OTHER_ID, "big"))])
+    ask(core, KnGossip(3, forged), src=OTHER, sender=OTHER_ID)
+    entry = core.routing_table.get(peer.id)
+    assert entry is not None and entry.state(1.0, core.settings) is not NodeState.GOOD  # questionable
+    # Our own probe of it follows; it answers, and it is good again. Nothing was evicted.
+    now = 1.0
+    for _ in range(200):
+        now += 0.25
+        core.advance(now)
+        for data, addr in core.take_outgoing():
+            message = decode_message(data)
+            if addr == PEER and isinstance(message, Query):
+                core.datagram_received(encode_response(message.tid, {b"id": PEER_ID}, None, ME), PEER, now)
+        core.take_outgoing()
+    assert entry.state(now, core.settings) is NodeState.GOOD
+    assert core.routing_table.get(peer.id) is entry and core.counters["routing.evicted"] == 0
+
+
+def test_indirect_probe_request_is_answered_after_our_probe_of_the_target() -> None:
+    core = started_core()
+    target = NodeInfo(int.from_bytes(PEER_ID, "big"), PEER)
+    core.datagram_received(
+        encode_message(Query(b"ix", OTHER_ID, KnGossip(9, b"", encode_nodes([target]), 400))), OTHER, 1.0
+    )
+    out = core.take_outgoing()
+    assert not [d for d, a in out if a == OTHER and decode_message(d).tid == b"ix"]  # we probe first
+    (probe,) = [decode_message(d) for d, a in out if a == PEER and isinstance(decode_message(d), Query)]
+    assert isinstance(probe, Query) and isinstance(probe.body, KnGossip)
+    core.datagram_received(encode_response(probe.tid, {b"id": PEER_ID, b"inc": 1}, None, ME), PEER, 1.1)
+    (reply,) = [m for m in (decode_message(d) for d, a in core.take_outgoing() if a == OTHER) if m.tid == b"ix"]
+    assert isinstance(reply, Response)
+    assert response_gossip(reply).probe_acked is True
+
+
+def test_indirect_probe_of_a_silent_target_is_nacked() -> None:
+    core = started_core()
+    silent = NodeInfo(12345, ("127.0.0.9", 9))
+    core.datagram_received(
+        encode_message(Query(b"iy", OTHER_ID, KnGossip(9, b"", encode_nodes([silent]), 300))), OTHER, 1.0
+    )
+    core.take_outgoing()
+    core.advance(1.5)
+    (reply,) = [m for m in (decode_message(d) for d, a in core.take_outgoing() if a == OTHER) if m.tid == b"iy"]
+    assert isinstance(reply, Response) and response_gossip(reply).probe_acked is False
+
+
+def test_a_node_that_answers_204_is_probed_with_ping_and_stays() -> None:
+    """libtorrent and other clients do not know kn_gossip: they are pinged instead, never evicted for it."""
+    core = started_core()
+    peer_id = int.from_bytes(PEER_ID, "big")
+    now, pings, gossip_queries = 0.0, 0, 0
+    for _ in range(400):  # 100 virtual seconds
+        now += 0.25
+        core.advance(now)
+        for data, addr in core.take_outgoing():
+            message = decode_message(data)
+            if addr != PEER or not isinstance(message, Query):
+                continue
+            if isinstance(message.body, KnGossip):
+                gossip_queries += 1
+                reply = encode_message(ErrorReply(message.tid, 204, "method unknown"))
+            else:
+                pings += isinstance(message.body, Ping)
+                reply = encode_response(message.tid, {b"id": PEER_ID}, None, ME)
+            core.datagram_received(reply, PEER, now)
+    assert gossip_queries == 1 and pings >= 10
+    assert core.liveness is not None and core.liveness.view(now)["plain"] == 1
+    entry = core.routing_table.get(peer_id)
+    assert entry is not None and entry.state(now, core.settings) is NodeState.GOOD
+
+
+def detection_time(gossip: bool, seed: int = 5, size: int = 120) -> float:
+    """Virtual seconds until no live node holds a crashed node as good, after 5% crash at once."""
+    net = SimNetwork(seed, settings=Settings(gossip_enabled=gossip))
+    grow(net, size)
+    net.run_until(net.now + 120)
+    rng = random.Random(seed)
+    victims = rng.sample(net.live_nodes(), size // 20)
+    dead = {v.core.node_id for v in victims}
+    for victim in victims:
+        net.crash(victim.addr)
+    start = net.now
+    while net.now - start < 1200:
+        net.run_until(net.now + 1)
+        holding = [
+            n for n in net.live_nodes()
+            if any((e := n.core.routing_table.get(d)) is not None and e.state(net.now, n.core.settings)
+                   is NodeState.GOOD for d in dead)
+        ]
+        if not holding:
+            return net.now - start
+    return float("inf")
+
+
+def test_crashed_nodes_stop_being_good_far_sooner_with_gossip() -> None:
+    with_gossip = detection_time(True)
+    without = detection_time(False)
+    assert with_gossip < 120 and without > 5 * with_gossip, (with_gossip, without)
