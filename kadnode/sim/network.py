@@ -186,6 +186,36 @@ class SimNetwork:
     def live_nodes(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.alive]
 
+    def inject(self, src: Addr, dst: Addr, data: bytes) -> None:
+        """Send `data` from `src` to `dst` as if a node had sent it, now: the same latency, jitter, loss,
+        duplication and partitions, counted in `sent`. For traffic no `NodeCore` would produce (an
+        attacker's forged datagrams). `src` need not be a node; replies to an address nobody holds are lost.
+        """
+        source = self.nodes.get(src)
+        src_index = source.index if source is not None else 0  # nodes are numbered from 1
+        self.sent += 1
+        target = self.nodes.get(dst)
+        if target is None:
+            self.lost += 1
+            return
+        # The body of `_flush`'s loop, kept apart so that the hot path stays inline.
+        links = self.links
+        delay = self.latency(src_index, target.index)
+        draw = self._link_rng.random
+        if links.loss + links.duplicate:
+            u = draw()
+            if u < links.loss:
+                self.lost += 1
+                return
+            if u < links.loss + links.duplicate:
+                self.duplicated += 1
+                heapq.heappush(
+                    self._events, (self.now + delay + draw() * links.jitter, next(self._seq), src_index, src, dst, data)
+                )
+        if links.jitter:
+            delay += draw() * links.jitter
+        heapq.heappush(self._events, (self.now + delay, next(self._seq), src_index, src, dst, data))
+
     # ------------------------------------------------------------------ partitions
 
     def partition(self, groups: Iterable[set[Addr]]) -> None:
