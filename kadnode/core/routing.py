@@ -328,7 +328,8 @@ class RoutingTable:
     # --- queries --------------------------------------------------------------------------------
 
     def closest(self, target: int, count: int | None = None, *, answered_only: bool = False) -> list[RoutingEntry]:
-        """Up to ``count`` (default k) non-BAD live entries nearest ``target`` by XOR, nearest first.
+        """Up to ``count`` (default k) live entries nearest ``target`` by XOR, nearest first: not dead, and with
+        fewer than ``max_failures`` failures in a row (with gossip too: a lookup skips what keeps failing).
 
         Each bucket is an aligned block of IDs, so its distances to ``target`` form an aligned block too:
         buckets are strictly ordered by distance, and visiting them in that order sorts only the few
@@ -339,15 +340,12 @@ class RoutingTable:
             return []
         buckets = self._buckets
         max_failures = self._max_failures
-        evict_on_failures = self._evict_on_failures  # with gossip, only its verdict (dead) rules one out
         result: list[RoutingEntry] = []
         for index in self._buckets_by_distance(target):
             found = [
                 e
                 for e in buckets[index].live.values()
-                if not e.dead
-                and (e.failures < max_failures or not evict_on_failures)
-                and not (answered_only and e.last_response is None)
+                if e.failures < max_failures and not e.dead and not (answered_only and e.last_response is None)
             ]
             found.sort(key=lambda e: e.id ^ target)
             result.extend(found)
