@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,32 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[min(rank, len(ordered)) - 1]
+
+
+def distribution(values: Sequence[float]) -> dict[str, float]:
+    """Mean, p50, p99 and max of `values` (all 0.0 when there are none)."""
+    if not values:
+        return {"mean": 0.0, "p50": 0.0, "p99": 0.0, "max": 0.0}
+    return {
+        "mean": sum(values) / len(values),
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "max": max(values),
+    }
+
+
+def progress_logger(label: str, total: int) -> Callable[[int], None]:
+    """A callback logging about every tenth of `total` to stderr."""
+    step = max(1, total // 10)
+    state = {"done": 0, "next": step}
+
+    def advance(increment: int) -> None:
+        state["done"] += increment
+        if state["done"] >= state["next"] or state["done"] == total:
+            log(f"  {label}: {state['done']:,}/{total:,}")
+            state["next"] = state["done"] + step
+
+    return advance
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.common import log, percentile, run_json_worker
+from bench.common import distribution, log, progress_logger, run_json_worker
 from bench.scale import format_table
 from kadnode.core.gossip.wire import Claim, ClaimKind, encode_claims
 from kadnode.core.node import NodeCore
@@ -210,29 +210,10 @@ def run_for(net: SimNetwork, seconds: float, label: str) -> None:
 def grown(nodes: int, seed: int, gossip: bool, label: str) -> SimNetwork:
     """A network of `nodes` nodes grown in waves (`kadnode.sim.scenarios.grow`), not yet settled."""
     net = SimNetwork(seed, settings=make_settings(gossip))
-    step = max(1, nodes // 10)
-    joined = [0]
-
-    def joins(count: int) -> None:
-        joined[0] += count
-        if joined[0] % step == 0 or joined[0] == nodes:
-            log(f"  {label}: {joined[0]:,}/{nodes:,} joined")
-
     started = time.perf_counter()
-    grow(net, nodes, progress=joins)
+    grow(net, nodes, progress=progress_logger(f"{label} joined", nodes))
     log(f"  {label}: grown in {net.now:,.0f} virtual s, {time.perf_counter() - started:,.1f} s wall")
     return net
-
-
-def _rates(per_node: Sequence[float]) -> dict[str, float]:
-    if not per_node:
-        return {"mean": 0.0, "p50": 0.0, "p99": 0.0, "max": 0.0}
-    return {
-        "mean": sum(per_node) / len(per_node),
-        "p50": percentile(per_node, 50),
-        "p99": percentile(per_node, 99),
-        "max": max(per_node),
-    }
 
 
 def _label(kind: str, nodes: int, gossip: bool) -> str:
@@ -307,9 +288,9 @@ def measure_detection(
         "series": [round(v, 6) for v in series],
         "evicted_after_crash": sum(evictions(n.core) for n in survivors) - evicted_before,
         "bandwidth": {
-            "settle_bytes_per_node_s": _rates(settle_bytes),
+            "settle_bytes_per_node_s": distribution(settle_bytes),
             "run_bytes_per_node_s": total_bytes / node_seconds if node_seconds else 0.0,
-            "run_per_node": _rates(run_rates),
+            "run_per_node": distribution(run_rates),
             "settle_datagrams_per_node_s": settle_datagrams / nodes / settle if settle else 0.0,
         },
         "counters": summed_counters(n.core for n in everyone),

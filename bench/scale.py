@@ -22,12 +22,12 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import log, percentile, run_json_worker
+from bench.common import distribution, log, progress_logger, run_json_worker
 
 DEFAULT_SIZES = (100, 1000, 10_000)
 TARGET_LARGE = 100_000
@@ -98,31 +98,6 @@ def fit_log2(sizes: Sequence[int], values: Sequence[float]) -> Fit | None:
 # ---------------------------------------------------------------------- worker: one size
 
 
-def _stats(values: Sequence[float]) -> dict[str, float]:
-    if not values:
-        return {"mean": 0.0, "p50": 0.0, "p99": 0.0, "max": 0.0}
-    return {
-        "mean": sum(values) / len(values),
-        "p50": percentile(values, 50),
-        "p99": percentile(values, 99),
-        "max": max(values),
-    }
-
-
-def _progress(label: str, total: int) -> Callable[[int], None]:
-    """A callback logging about every tenth of `total` to stderr."""
-    step = max(1, total // 10)
-    state = {"done": 0, "next": step}
-
-    def advance(increment: int) -> None:
-        state["done"] += increment
-        if state["done"] >= state["next"] or state["done"] == total:
-            log(f"  {label}: {state['done']:,}/{total:,}")
-            state["next"] = state["done"] + step
-
-    return advance
-
-
 def measure_size(nodes: int, *, seed: int, lookups: int, concurrency: int, settle: float = SETTLE) -> dict[str, Any]:
     """Grow a simulated network of `nodes` nodes, settle it, run `lookups` lookups: every figure of one row."""
     from kadnode.sim.network import SimNetwork
@@ -133,7 +108,7 @@ def measure_size(nodes: int, *, seed: int, lookups: int, concurrency: int, settl
     started = time.perf_counter()
     net = SimNetwork(seed)
     log(f"N={nodes:,}: growing")
-    grow(net, nodes, progress=_progress(f"N={nodes:,} joined", nodes))
+    grow(net, nodes, progress=progress_logger(f"N={nodes:,} joined", nodes))
     grow_wall = time.perf_counter() - started
     grow_virtual, grow_datagrams = net.now, net.sent
 
@@ -144,7 +119,8 @@ def measure_size(nodes: int, *, seed: int, lookups: int, concurrency: int, settl
     log(f"N={nodes:,}: grown in {grow_wall:.1f} s wall; {lookups:,} lookups, {concurrency} at a time")
     lookup_started, lookup_virtual_start = time.perf_counter(), net.now
     rng = random.Random(seed ^ LOOKUP_SEED_SALT)
-    stats = run_lookups(net, lookups, rng, concurrency=concurrency, progress=_progress(f"N={nodes:,} lookups", lookups))
+    progress = progress_logger(f"N={nodes:,} lookups", lookups)
+    stats = run_lookups(net, lookups, rng, concurrency=concurrency, progress=progress)
     lookup_wall = time.perf_counter() - lookup_started
     total_wall = time.perf_counter() - started
     count = max(1, stats.total)
@@ -166,11 +142,11 @@ def measure_size(nodes: int, *, seed: int, lookups: int, concurrency: int, settl
             "exact": stats.exact,
             "exact_ratio": stats.exact_ratio,
             "mean_overlap": stats.mean_overlap,
-            "hops": _stats([float(h) for h in stats.hops]),
+            "hops": distribution([float(h) for h in stats.hops]),
             "hops_histogram": {str(h): c for h, c in sorted(Counter(stats.hops).items())},
-            "requests": _stats([float(q) for q in stats.queried]),
+            "requests": distribution([float(q) for q in stats.queried]),
             "datagrams_per_lookup": stats.datagrams / count,
-            "latency_ms": _stats([d * 1000 for d in stats.latencies]),
+            "latency_ms": distribution([d * 1000 for d in stats.latencies]),
             "virtual_s": net.now - lookup_virtual_start,
             "wall_s": lookup_wall,
         },
