@@ -26,7 +26,6 @@ from kadnode.core.gossip import (
     ClaimDecodeError,
     Evict,
     Gossip,
-    GossipSettings,
     IndirectProbe,
     IndirectReply,
     Probe,
@@ -65,11 +64,9 @@ class Liveness:
     """One node's gossip, started once the node knows its own address (others must be able to recognise
     claims about us). `incarnation` must grow across restarts: the daemon passes its start time."""
 
-    def __init__(
-        self, node: NodeCore, own: NodeInfo, now: float, incarnation: int, settings: GossipSettings | None = None
-    ) -> None:
+    def __init__(self, node: NodeCore, own: NodeInfo, now: float, incarnation: int) -> None:
         self.node = node
-        self.gossip = Gossip(own, node.rng, now, incarnation=incarnation, settings=settings)
+        self.gossip = Gossip(own, node.rng, now, incarnation=incarnation)
         self._pending_behalf: dict[tuple[int, int], tuple[bytes, Addr]] = {}
         """(target, requester) -> the kn_gossip request (tid, address) to answer when our probe ends."""
         self._candidate_pings = 0

@@ -183,11 +183,13 @@ class NodeCore:
 
     def next_deadline(self) -> float | None:
         """When `advance` must next be called (None: nothing scheduled)."""
-        deadlines = [self.rpc.next_deadline(), self._timers[0][0] if self._timers else None]
-        if self.liveness is not None:
-            deadlines.append(self.liveness.deadline)
-        due = [d for d in deadlines if d is not None]
-        return min(due) if due else None
+        deadline = self.rpc.next_deadline()  # asked after every datagram: no lists built here
+        if self._timers and (deadline is None or self._timers[0][0] < deadline):
+            deadline = self._timers[0][0]
+        gossip_due = self.liveness.deadline if self.liveness is not None else None
+        if gossip_due is not None and (deadline is None or gossip_due < deadline):
+            deadline = gossip_due
+        return deadline
 
     def advance(self, now: float) -> None:
         """Run every RPC timeout and timer due at `now`."""
