@@ -21,7 +21,9 @@ from kadnode.wire.krpc import (
     FindNode,
     Get,
     GetPeers,
+    GossipReply,
     ItemReply,
+    KnGossip,
     KrpcError,
     Message,
     Ping,
@@ -32,6 +34,7 @@ from kadnode.wire.krpc import (
     decode_message,
     encode_message,
     encode_response,
+    response_gossip,
     response_item,
     response_nodes,
     response_peers,
@@ -675,3 +678,46 @@ def test_encode_response_is_encode_message_of_a_response(version: bytes | None, 
     values = {b"id": ID_M, b"nodes": b"x" * 26, b"token": b"tok"}
     expected = encode_message(Response(tid=b"tx", sender_id=ID_M, values=dict(values), version=version, ip=ip))
     assert encode_response(b"tx", values, version, ip) == expected
+
+
+# --- kn_gossip (kadnode's liveness gossip) --------------------------------------------------------
+
+
+def test_kn_gossip_round_trips() -> None:
+    body = KnGossip(7, b"c" * 31, b"n" * 26, 400)
+    data = encode_message(Query(b"aa", ID_A, body))
+    assert decode_message(data) == Query(b"aa", ID_A, body)
+    assert decode_message(encode_message(Query(b"aa", ID_A, KnGossip(0)))) == Query(b"aa", ID_A, KnGossip(0))
+    assert body.method == b"kn_gossip"
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        ({}, "missing_field"),
+        ({b"inc": -1}, "bad_incarnation"),
+        ({b"inc": 2**32}, "bad_incarnation"),
+        ({b"inc": b"1"}, "bad_incarnation"),
+        ({b"inc": 1, b"c": 5}, "bad_claims"),
+        ({b"inc": 1, b"p": b"x" * 25}, "bad_probe"),
+        ({b"inc": 1, b"p": b"x" * 26, b"pt": -1}, "bad_probe"),
+        ({b"inc": 1, b"p": b"x" * 26, b"pt": 60_001}, "bad_probe"),
+        ({b"inc": 1, b"pt": b"fast"}, "bad_probe"),
+    ],
+)
+def test_malformed_kn_gossip_is_refused_with_a_reason(args: dict[bytes, object], reason: str) -> None:
+    data = bencode({b"a": {b"id": ID_A, **args}, b"q": b"kn_gossip", b"t": b"aa", b"y": b"q"})
+    with pytest.raises(KrpcError) as info:
+        decode_message(data)
+    assert (info.value.reason, info.value.tid, info.value.msg_type) == (reason, b"aa", b"q")
+
+
+def test_response_gossip_reads_and_checks_the_reply_fields() -> None:
+    def reply(**values: object) -> Response:
+        return Response(b"aa", ID_A, {k.encode(): v for k, v in values.items()})
+
+    assert response_gossip(reply(inc=5, c=b"", pa=1)) == GossipReply(5, b"", True)
+    assert response_gossip(reply()) == GossipReply(None, b"", None)  # a node that does not gossip
+    for bad in (reply(inc=-1), reply(inc=b"5"), reply(c=3), reply(pa=b"1")):
+        with pytest.raises(KrpcError):
+            response_gossip(bad)
