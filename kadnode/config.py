@@ -217,6 +217,7 @@ def _convert(key: str, value: Any, base: Path | None, *, where: str) -> Any:
 POSITIVE_SETTINGS = frozenset({
     "k", "alpha", "max_datagram_size", "bencode_max_depth", "bencode_max_items", "max_outstanding_requests",
     "max_failures", "lookup_max_candidates", "receive_queue_size", "rpc_timeout_initial", "rpc_timeout_max",
+    "gossip_bytes_per_second",
 })
 """Settings for which zero makes no sense (a zero rate limit is meaningful: it disables the limiter)."""
 

@@ -110,6 +110,11 @@ class Settings:
     gossip_enabled: bool = True
     """Probe routing-table nodes SWIM-style and exchange liveness claims with other kadnode nodes
     (`kn_gossip`); off, a node learns of failures only from its own timeouts, as plain BEP 5 nodes do."""
+    gossip_bytes_per_second: float = 200.0
+    """Budget for everything gossip sends (probes, indirect probes, claims, including those piggybacked on
+    other traffic), IPv4/UDP headers counted; issue 5 allows 300 B/s, and answering others' probes takes
+    ~80 of it. Below ~100 a node can no longer probe once a second: detection slows, nothing breaks. The
+    finer tuning (probe interval, suspicion multipliers) is `kadnode.core.gossip.GossipSettings`."""
 
     # --- identity -----------------------------------------------------------------------------
     client_version: bytes = b"KN\x00\x01"

@@ -34,3 +34,19 @@ def test_example_runs(source: str) -> None:
     done = subprocess.run([sys.executable, "-c", source], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_every_setting_is_in_the_operators_table() -> None:
+    """docs/operating.md's "Every setting" lists each field of Settings, with its default."""
+    from kadnode.settings import Settings
+
+    text = (ROOT / "docs" / "operating.md").read_text().split("## Every setting", 1)[1]
+    rows = dict(re.findall(r"^\| `(\w+)` \| [^|]+ \| `([^`]*)`", text, flags=re.M))
+    defaults = Settings()
+    assert sorted(rows) == sorted(Settings.field_names())
+    for name, shown in rows.items():
+        value = getattr(defaults, name)
+        if isinstance(value, bool):
+            assert shown == str(value).lower(), name
+        elif isinstance(value, int | float):
+            assert float(shown) == value, name

@@ -721,3 +721,17 @@ def test_response_gossip_reads_and_checks_the_reply_fields() -> None:
     for bad in (reply(inc=-1), reply(inc=b"5"), reply(c=3), reply(pa=b"1")):
         with pytest.raises(KrpcError):
             response_gossip(bad)
+
+
+def test_claims_piggybacked_on_other_queries_round_trip_and_a_bad_one_is_dropped() -> None:
+    query = Query(b"aa", ID_A, FindNode(ID_A), claims=b"c" * 31)
+    data = encode_message(query)
+    decoded: Any = bdecode(data)
+    assert decoded[b"a"][b"kn_c"] == b"c" * 31
+    assert decode_message(data) == query
+    not_a_string = bencode({b"a": {b"id": ID_A, b"kn_c": 7}, b"q": b"ping", b"t": b"aa", b"y": b"q"})
+    assert decode_message(not_a_string) == Query(b"aa", ID_A, Ping())  # the query stands, the claims go
+    # kn_gossip carries its claims in `c`: a `kn_c` there is not read twice.
+    doubled = bencode({b"a": {b"id": ID_A, b"inc": 1, b"kn_c": b"x" * 31}, b"q": b"kn_gossip", b"t": b"aa",
+                       b"y": b"q"})
+    assert decode_message(doubled) == Query(b"aa", ID_A, KnGossip(1))

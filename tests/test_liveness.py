@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import random
 
-from kadnode.core.gossip import Claim, ClaimKind, encode_claims
+from kadnode.core.gossip import Claim, ClaimKind, decode_claims, encode_claims
+from kadnode.core.liveness import PIGGYBACK_DATAGRAM_LIMIT
 from kadnode.core.node import NodeCore
 from kadnode.core.routing import NodeState
 from kadnode.settings import Settings
 from kadnode.sim.network import SimNetwork
 from kadnode.sim.scenarios import grow
 from kadnode.types import Addr, NodeInfo
+from kadnode.wire.bencode import bencode
 from kadnode.wire.compact import encode_nodes
 from kadnode.wire.krpc import (
+    PIGGYBACK_KEY,
     ErrorReply,
+    FindNode,
     KnGossip,
     Message,
     Ping,
@@ -113,6 +117,68 @@ def test_a_forged_dead_claim_never_evicts_a_node_that_answers() -> None:
         core.take_outgoing()
     assert entry.state(now, core.settings) is NodeState.GOOD
     assert core.routing_table.get(peer.id) is entry and core.counters["routing.evicted"] == 0
+
+
+def piggybacked(message: Message) -> bytes:
+    if isinstance(message, Query):
+        return message.claims
+    assert isinstance(message, Response)
+    claims = message.values.get(PIGGYBACK_KEY, b"")
+    assert isinstance(claims, bytes)
+    return claims
+
+
+def test_claims_ride_on_other_traffic_only_to_nodes_known_to_gossip() -> None:
+    core = started_core()
+    me = core.node_id
+    (reply,) = ask(core, FindNode(bytes(20)), tid=b"f1")
+    assert piggybacked(reply) == b""  # PEER has not shown it gossips: it may be libtorrent
+    ask(core, KnGossip(7), tid=b"g1")  # now it has
+    (reply,) = ask(core, FindNode(bytes(20)), tid=b"f2")
+    claims = decode_claims(piggybacked(reply), int.from_bytes(PEER_ID, "big"))
+    assert [(c.kind, c.subject.id) for c in claims] == [(ClaimKind.ALIVE, me)]  # we tell who we are
+    assert core.counters["gossip.piggybacked"] == 1
+    # Our own queries to it carry claims too (while the claim's retransmissions last).
+    core.find_node(1, 2.0, lambda _r: None)
+    (query,) = [decode_message(d) for d, a in core.take_outgoing() if a == PEER]
+    assert isinstance(query, Query) and isinstance(query.body, FindNode)
+    assert [c.subject.id for c in decode_claims(piggybacked(query), 0)] == [me]
+    # A stranger never gets claims on other traffic.
+    (reply,) = ask(core, FindNode(bytes(20)), src=OTHER, sender=OTHER_ID, tid=b"f3")
+    assert piggybacked(reply) == b""
+
+
+def test_piggybacked_claims_are_taken_and_bad_ones_counted_without_harm_to_the_query() -> None:
+    core = started_core()
+    assert core.liveness is not None
+    me = NodeInfo(core.node_id, ME)
+    accusation = encode_claims([Claim(ClaimKind.SUSPECT, me, 1000, int.from_bytes(PEER_ID, "big"))])
+    core.datagram_received(encode_message(Query(b"q2", PEER_ID, FindNode(bytes(20)), claims=accusation)), PEER, 1.0)
+    assert core.liveness.gossip.incarnation == 1001  # refuted: the claims were read
+    assert core.liveness.gossip.gossips(int.from_bytes(PEER_ID, "big"))
+    core.datagram_received(encode_message(Query(b"q3", PEER_ID, Ping(), claims=b"\x01" * 5)), PEER, 1.0)
+    assert core.counters["gossip.bad_claims"] == 1
+    not_a_string = bencode({b"a": {b"id": PEER_ID, b"kn_c": 5}, b"q": b"ping", b"t": b"q4", b"y": b"q"})
+    core.datagram_received(not_a_string, PEER, 1.0)
+    replies = [decode_message(d) for d, a in core.take_outgoing() if a == PEER]
+    assert {m.tid for m in replies if isinstance(m, Response)} >= {b"q2", b"q3", b"q4"}
+
+
+def test_piggybacking_keeps_datagrams_within_the_limit() -> None:
+    core = started_core()
+    assert core.liveness is not None
+    ask(core, KnGossip(7), tid=b"g1")
+    for index in range(30):  # plenty of claims waiting
+        subject = NodeInfo(10**6 + index, ("127.0.1.1", 1000 + index))
+        core.liveness.gossip._queue.push(Claim(ClaimKind.SUSPECT, subject, 1, core.node_id))
+    big = {b"v": b"x" * 990}  # a BEP 44 value near the limit
+    core.datagram_received(encode_message(Query(b"p1", PEER_ID, Ping())), PEER, 1.0)
+    (small,) = [d for d, a in core.take_outgoing() if a == PEER]
+    assert len(decode_claims(piggybacked(decode_message(small)), 0)) == 16  # a full message's worth
+    core._answering = int.from_bytes(PEER_ID, "big")  # as while answering a get of a near-limit item
+    core.send_response(b"p2", dict(big), PEER)
+    (large,) = [d for d, a in core.take_outgoing() if a == PEER]
+    assert len(large) <= PIGGYBACK_DATAGRAM_LIMIT
 
 
 def test_indirect_probe_request_is_answered_after_our_probe_of_the_target() -> None:

@@ -21,11 +21,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kadnode.core.gossip import (
+    CLAIM_SIZE,
     Action,
     Candidate,
     ClaimDecodeError,
     Evict,
     Gossip,
+    GossipSettings,
     IndirectProbe,
     IndirectReply,
     Probe,
@@ -56,6 +58,11 @@ MAX_CLAIM_BYTES = 16 * 31
 """Claims one message carries at most (the machine's own cap is the same 16)."""
 KNOWN_ERRORS = frozenset({201, 202, 203, 204})
 """Error codes that get a counter of their own (a remote must not be able to mint counter names)."""
+PIGGYBACK_DATAGRAM_LIMIT = 1280
+"""Claims ride on other traffic only while the datagram stays within this (IPv6's minimum MTU): a BEP 44
+reply near the 1,000-byte value limit goes without them rather than be fragmented."""
+PIGGYBACK_OVERHEAD = 10
+"""`4:kn_c` and the string's length prefix."""
 MAX_CANDIDATE_PINGS = 4
 """Pings to strangers that others claimed alive, in flight at once: hearsay cannot make us flood."""
 
@@ -66,7 +73,8 @@ class Liveness:
 
     def __init__(self, node: NodeCore, own: NodeInfo, now: float, incarnation: int) -> None:
         self.node = node
-        self.gossip = Gossip(own, node.rng, now, incarnation=incarnation)
+        tuning = GossipSettings(gossip_bytes_per_second=node.settings.gossip_bytes_per_second)
+        self.gossip = Gossip(own, node.rng, now, incarnation=incarnation, settings=tuning)
         self._pending_behalf: dict[tuple[int, int], tuple[bytes, Addr]] = {}
         """(target, requester) -> the kn_gossip request (tid, address) to answer when our probe ends."""
         self._candidate_pings = 0
@@ -100,6 +108,26 @@ class Liveness:
         if node_id in self.gossip:
             self.gossip.heard_from(node_id, now, incarnation)
 
+    def piggyback_for(self, dest: int, size: int, now: float) -> bytes:
+        """Claims to add to a query or reply of ``size`` bytes for ``dest``: only for members known to
+        gossip, within the datagram limit and the gossip budget (counted in ``gossip.bytes_out``)."""
+        if not self.gossip.gossips(dest):
+            return b""
+        room = min(MAX_CLAIM_BYTES, PIGGYBACK_DATAGRAM_LIMIT - size - PIGGYBACK_OVERHEAD)
+        if room < CLAIM_SIZE:
+            return b""
+        claims = self.gossip.take_piggyback(room, now, dest)
+        if claims:
+            counters = self.node.counters
+            counters["gossip.bytes_out"] += len(claims) + PIGGYBACK_OVERHEAD
+            counters["gossip.piggybacked"] += len(claims) // CLAIM_SIZE
+        return claims
+
+    def piggyback_received(self, data: bytes, sender: int, now: float) -> None:
+        """Claims that rode on another query or reply: the sender gossips."""
+        self.gossip.mark_gossiper(sender)
+        self._take_claims(data, sender, now)
+
     def set_own_addr(self, addr: Addr) -> None:
         """Our address as others see it changed: claims we make about ourselves carry the new one."""
         self.gossip.own = NodeInfo(self.gossip.own.id, addr)
@@ -109,6 +137,7 @@ class Liveness:
         probe of its target has ended."""
         if sender.id in self.gossip:
             self.gossip.heard_from(sender.id, now, body.incarnation)
+            self.gossip.mark_gossiper(sender.id)
         self._take_claims(body.claims, sender.id, now)
         if body.probe is None:
             self._reply(tid, sender.addr, sender.id, now)
@@ -232,6 +261,7 @@ class Liveness:
             return None
         if reply.incarnation is not None and origin in self.gossip:
             self.gossip.heard_from(origin, now, reply.incarnation)
+            self.gossip.mark_gossiper(origin)
         self._take_claims(reply.claims, origin, now)
         return reply.probe_acked
 

@@ -11,6 +11,7 @@ import heapq
 import random
 from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from kadnode.core.bep44 import PutRefused, item_from_put
@@ -57,6 +58,7 @@ from kadnode.wire.bencode import Raw
 from kadnode.wire.compact import encode_peer, id_from_bytes, id_to_bytes
 from kadnode.wire.krpc import (
     METHOD_UNKNOWN,
+    PIGGYBACK_KEY,
     PROTOCOL_ERROR,
     SERVER_ERROR,
     AnnouncePeer,
@@ -148,6 +150,8 @@ class NodeCore:
         self.last_now = now
         """The latest time the driver gave us (gossip's membership hooks have no ``now`` of their own)."""
         self.liveness: Liveness | None = None
+        self._answering: int | None = None
+        """The sender of the query being answered, while it is (its reply may carry gossip claims)."""
         """Liveness gossip, started once we know our own address (``settings.gossip_enabled``)."""
         self._incarnation = min(max(int(now) if incarnation is None else incarnation, 0), MAX_INCARNATION)
         self.active_lookups: set[LookupOp] = set()
@@ -247,6 +251,10 @@ class NodeCore:
         liveness = self.liveness
         if liveness is not None:
             liveness.heard_from(sender, now)
+            if query.claims:
+                liveness.piggyback_received(query.claims, sender, now)
+            if type(body) is not KnGossip:
+                self._answering = sender  # send_response may add claims for it
         tid = query.tid
         if isinstance(body, Ping):
             self.send_response(tid, {}, addr)
@@ -271,6 +279,7 @@ class NodeCore:
             self.send_response(tid, {b"nodes": self._closest_compact(body.target)}, addr)
         else:
             self.send_error(tid, METHOD_UNKNOWN, "method unknown", addr)
+        self._answering = None
 
     def _note_querier(self, node: NodeInfo, now: float) -> None:
         """A node that queries us may join the table, but we vouch for it only once it answers us:
@@ -397,8 +406,12 @@ class NodeCore:
             self._hand_over(NodeInfo(sender, addr), now)
         if response.ip is not None:
             self._vote_external_addr(response.ip)
-        if self.liveness is not None:
-            self.liveness.heard_from(sender, now)
+        liveness = self.liveness
+        if liveness is not None:
+            liveness.heard_from(sender, now)
+            claims = response.values.get(PIGGYBACK_KEY)
+            if type(claims) is bytes and claims:
+                liveness.piggyback_received(claims, sender, now)
         txn.node_id = sender
         txn.handler.rpc_response(txn, response, now)
 
@@ -442,8 +455,16 @@ class NodeCore:
 
     def send_response(self, tid: bytes, values: dict[bytes, Any], addr: Addr) -> None:
         values[b"id"] = self._id_bytes
-        self._outgoing.append((encode_response(tid, values, self.settings.client_version, addr,
-                                               self._encoded_peer(addr)), addr))
+        version, encoded_ip = self.settings.client_version, self._encoded_peer(addr)
+        data = encode_response(tid, values, version, addr, encoded_ip)
+        dest, liveness = self._answering, self.liveness
+        if dest is not None and liveness is not None:
+            self._answering = None  # one reply per query
+            claims = liveness.piggyback_for(dest, len(data), self.last_now)
+            if claims:
+                values[PIGGYBACK_KEY] = claims
+                data = encode_response(tid, values, version, addr, encoded_ip)
+        self._outgoing.append((data, addr))
         self.counters["responses_out"] += 1
 
     def send_error(self, tid: bytes, code: int, text: str, addr: Addr) -> None:
@@ -463,7 +484,13 @@ class NodeCore:
             self.counters["rpc.refused_busy"] += 1
             return None
         query = Query(tid=txn.tid, sender_id=self._id_bytes, body=body, version=self.settings.client_version)
-        self._outgoing.append((encode_message(query), addr))
+        data = encode_message(query)
+        liveness = self.liveness
+        if liveness is not None and node_id is not None and type(body) is not KnGossip:
+            claims = liveness.piggyback_for(node_id, len(data), now)
+            if claims:
+                data = encode_message(replace(query, claims=claims))
+        self._outgoing.append((data, addr))
         self.counters[f"queries_out.{method}"] += 1
         return txn
 

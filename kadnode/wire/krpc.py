@@ -155,6 +155,13 @@ class Query:
     body: QueryBody
     version: bytes | None = None
     read_only: bool = False
+    claims: bytes = b""
+    """kadnode's liveness claims piggybacked on any query but kn_gossip (`a.kn_c`, docs/gossip.md): other
+    clients ignore an argument they don't know; a malformed one is dropped, not the query."""
+
+
+PIGGYBACK_KEY = b"kn_c"
+"""Where liveness claims ride on queries (in `a`) and replies (in `r`) other than kn_gossip's own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +319,10 @@ def _decode_query(env: _Envelope, msg: dict[bytes, Bencoded], tid: bytes, versio
                 target = None
         body = UnknownMethod(method, target)
     ro = msg.get(b"ro")
-    return Query(tid, sender_id, body, version, type(ro) is int and ro == 1)
+    claims = args.get(PIGGYBACK_KEY)
+    if type(claims) is not bytes or type(body) is KnGossip:
+        claims = b""
+    return Query(tid, sender_id, body, version, type(ro) is int and ro == 1, claims)
 
 
 def _decode_announce(env: _Envelope, args: dict[bytes, Bencoded]) -> AnnouncePeer:
@@ -492,6 +502,8 @@ def _query_args(query: Query) -> dict[bytes, Any]:
             args[b"pt"] = body.probe_timeout_ms
     elif isinstance(body, UnknownMethod) and body.target is not None:
         args[b"target"] = body.target
+    if query.claims and not isinstance(body, KnGossip):
+        args[PIGGYBACK_KEY] = query.claims
     return args
 
 

@@ -106,6 +106,9 @@ Action = Probe | IndirectProbe | IndirectReply | Questionable | Evict | Candidat
 class _Member:
     node: NodeInfo
     plain: bool = False
+    gossips: bool = False
+    """It has spoken kn_gossip to us (a query, a reply, or claims on other traffic): claims may ride on any
+    message to it. Members not known to gossip get claims only in kn_gossip probes, which find out."""
     status: ClaimKind = ClaimKind.ALIVE
     incarnation: int = 0
     suspicion: Suspicion | None = None
@@ -159,6 +162,8 @@ class Gossip:
         self._rounds: dict[int, _Round] = {}
         self._urgent: dict[int, float] = {}
         """Re-probes of members our own rounds failed: due at these times, outside the slot."""
+        self._suspects: dict[int, _Member] = {}
+        """Members with a running suspicion: what ``tick`` and ``next_deadline`` walk, not every member."""
         self._hearsay: dict[int, float] = {}
         """Checks of members others accused: each takes a round-robin slot, so forged claims cannot raise
         our probe rate, only reorder it."""
@@ -200,6 +205,17 @@ class Gossip:
         member = self._members.get(node_id)
         return member is not None and member.plain
 
+    def gossips(self, node_id: int) -> bool:
+        """Whether ``node_id`` is a member known to speak kn_gossip: claims may ride on any message to it."""
+        member = self._members.get(node_id)
+        return member is not None and member.gossips and not member.plain
+
+    def mark_gossiper(self, node_id: int) -> None:
+        """``node_id`` spoke kn_gossip to us (a query, a reply, or claims piggybacked on other traffic)."""
+        member = self._members.get(node_id)
+        if member is not None:
+            member.gossips = True
+
     def status_of(self, node_id: int) -> ClaimKind | None:
         member = self._members.get(node_id)
         return None if member is None else member.status
@@ -215,6 +231,7 @@ class Gossip:
         """Stop tracking ``node_id`` (it left our routing table). Claims already queued still go out."""
         if self._members.pop(node_id, None) is not None:
             self._rounds.pop(node_id, None)
+            self._suspects.pop(node_id, None)
             self._urgent.pop(node_id, None)
             self._hearsay.pop(node_id, None)
             self._sweep.pop(node_id, None)
@@ -365,7 +382,7 @@ class Gossip:
         actions: list[Action] = []
         for rnd in [r for r in self._rounds.values() if r.deadline <= now]:
             actions += self._round_failed(rnd, now)
-        for member in list(self._members.values()):
+        for member in list(self._suspects.values()):
             if member.suspicion is not None and member.suspicion.deadline <= now:
                 actions += self._maybe_dead(member, now)
         self._expire_behalf(now)
@@ -377,7 +394,7 @@ class Gossip:
         times += [when for when, _ in self._behalf.values()]
         times += [
             m.suspicion.deadline
-            for m in self._members.values()
+            for m in self._suspects.values()
             if m.suspicion is not None and m.suspicion.deadline > self._last_now
         ]
         probe_times = [when for node_id, when in self._urgent.items() if node_id not in self._rounds]
@@ -545,6 +562,7 @@ class Gossip:
     def _clear(self, member: _Member) -> None:
         member.status = ClaimKind.ALIVE
         member.suspicion = None
+        self._suspects.pop(member.node.id, None)
         member.failed_rounds = 0
         member.vouched = False
         self._urgent.pop(member.node.id, None)
@@ -582,6 +600,7 @@ class Gossip:
         size = len(self._members)
         low, high = suspicion_bounds(self.settings, size)
         member.suspicion = Suspicion(now, low, high, expected_confirmations(self.settings, size), {origin})
+        self._suspects[member.node.id] = member
         member.status = ClaimKind.SUSPECT
         self.counters["questionable"] += 1
         return [Questionable(member.node.id)]
@@ -598,6 +617,7 @@ class Gossip:
             return []
         member.status = ClaimKind.DEAD
         member.suspicion = None
+        self._suspects.pop(member.node.id, None)
         self._urgent.pop(member.node.id, None)
         self._hearsay.pop(member.node.id, None)
         self._sweep.pop(member.node.id, None)
