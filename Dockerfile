@@ -3,7 +3,7 @@
 # kadnode in a container: one DHT node on UDP 6881, its ID, routing table and peers kept in /data.
 #
 #   docker build -t kadnode .
-#   docker run -d --name kadnode -p 6881:6881/udp -v kadnode-data:/data kadnode
+#   docker run -d --name kadnode -p 6881:6881/udp -p 6881:6881/tcp -v kadnode-data:/data kadnode
 #   docker exec kadnode kadnode status
 #
 # With no --bootstrap/--seeds-file the node starts a new private network that others join through it
@@ -59,7 +59,7 @@ ENV KADNODE_DATA_DIR=/data
 WORKDIR /data
 USER kadnode
 
-EXPOSE 6881/udp
+EXPOSE 6881/udp 6881/tcp
 
 # `kadnode status` asks the daemon over its control socket (/data/control.sock) and exits non-zero
 # when no daemon answers.

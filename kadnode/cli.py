@@ -194,6 +194,11 @@ def main() -> None:
 @main.command()
 @click.option("--host", help="IPv4 address to bind the UDP socket to.  [default: 0.0.0.0]")
 @click.option("--port", type=click.IntRange(0, 65535), help="UDP port (0: any free port).  [default: 6881]")
+@click.option("--torrent-port", type=click.IntRange(0, 65535),
+              help="TCP port that serves shared files (0: any free port).  [default: the UDP port's number]")
+@click.option("--upload-rate", metavar="RATE",
+              help="Serve shared files at most this fast, all peers together: bytes/s, or e.g. 500k, 2M.  "
+                   "[default: no limit]")
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -232,6 +237,8 @@ def main() -> None:
 def run(
     host: str | None,
     port: int | None,
+    torrent_port: int | None,
+    upload_rate: str | None,
     data_dir: Path | None,
     bootstrap: tuple[str, ...],
     seeds_file: Path | None,
@@ -268,6 +275,8 @@ def run(
             config_file,
             host=host,
             port=port,
+            torrent_port=torrent_port,
+            upload_rate=upload_rate,
             data_dir=data_dir,
             bootstrap=tuple(seeds) if seeds else None,
             seeds_file=seeds_file,
@@ -798,3 +807,7 @@ def sim(nodes: int, churn: float, loss: float, seed: int, lookups: int, json_fil
     click.echo(format_report(report))
     if json_file is not None:
         json_file.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+
+
+# The file locator's commands live in their own module; importing it registers them on `main`.
+import kadnode.cli_files  # noqa: E402, F401

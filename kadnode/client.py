@@ -14,9 +14,11 @@ from typing import Any
 
 DEFAULT_TIMEOUT = 10.0
 """Quick commands (status, routes) answer in milliseconds; this only guards against a hung daemon."""
-COMMAND_TIMEOUTS = {"ping": 30.0, "lookup": 90.0, "peers": 90.0, "announce": 150.0, "get": 90.0, "put": 220.0}
+COMMAND_TIMEOUTS = {"ping": 30.0, "lookup": 90.0, "peers": 90.0, "announce": 150.0, "get": 90.0, "put": 220.0,
+                    "share": 3600.0, "locate": 120.0}
 """Lookups may run up to lookup_timeout (60 s); an announce is a get_peers lookup plus a round of stores;
-a mutable put looks the item up twice (for its seq, then for write tokens) before its stores."""
+a mutable put looks the item up twice (for its seq, then for write tokens) before its stores. A share
+hashes the whole content first (a 100 GB share at ~500 MB/s takes minutes)."""
 MAX_REPLY = 16 * 1024 * 1024
 """A reply larger than this means something is wrong; stop reading rather than exhaust memory."""
 TARGET_HEX = 40

@@ -24,9 +24,10 @@ DEFAULT_PORT = 6881
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 CONFIG_KEYS = (
-    "host", "port", "data_dir", "bootstrap", "seeds_file", "log_format", "log_level", "control_socket",
-    "settings",
+    "host", "port", "torrent_port", "upload_rate", "data_dir", "bootstrap", "seeds_file", "log_format",
+    "log_level", "control_socket", "settings",
 )
+RATE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
 def default_data_dir() -> Path:
@@ -44,6 +45,11 @@ def default_data_dir() -> Path:
 class DaemonConfig:
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
+    torrent_port: int | None = None
+    """TCP port that serves shared files (BitTorrent peer wire); None: the UDP port's number, as
+    BitTorrent clients do; 0: any free port."""
+    upload_rate: int | None = None
+    """Bytes per second the shared files are served at, all peers together; None: no limit."""
     data_dir: Path = field(default_factory=default_data_dir)
     bootstrap: tuple[Addr, ...] = ()
     seeds_file: Path | None = None
@@ -56,6 +62,25 @@ class DaemonConfig:
     @property
     def control_socket_path(self) -> Path:
         return self.control_socket if self.control_socket is not None else self.data_dir / "control.sock"
+
+
+def parse_rate(value: Any, name: str = "rate") -> int:
+    """Bytes per second from an integer or a string like "500k", "2M" or "1.5m" (binary units, per
+    second)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        rate = value
+    elif isinstance(value, str):
+        text = value.strip().lower().removesuffix("/s").removesuffix("b")
+        number, unit = (text[:-1], text[-1]) if text and text[-1] in RATE_UNITS else (text, "")
+        try:
+            rate = int(float(number) * RATE_UNITS[unit])
+        except ValueError:
+            raise ValueError(f"{name} must be bytes per second, like 500000, '500k' or '2M'; got {value!r}") from None
+    else:
+        raise ValueError(f"{name} must be bytes per second, like 500000, '500k' or '2M'; got {value!r}")
+    if rate <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return rate
 
 
 def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> Addr:
@@ -182,12 +207,14 @@ def _convert(key: str, value: Any, base: Path | None, *, where: str) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{name} must be a non-empty string (an IPv4 address to bind), got {value!r}")
         return value.strip()
-    if key == "port":
+    if key in ("port", "torrent_port"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name} must be an integer, got {value!r}")
         if not 0 <= value < 65536:
             raise ValueError(f"{name} {value} is out of range (0-65535)")
         return value
+    if key == "upload_rate":
+        return parse_rate(value, name)
     if key in ("data_dir", "seeds_file", "control_socket"):
         return _path(value, base, name)
     if key == "bootstrap":

@@ -32,7 +32,10 @@ OWN_ID = 0xF000000000000000000000000000000000000000
 NEAR = NodeInfo(0x0000000000000000000000000000000000000001, ("127.0.0.2", 6881))
 FAR = NodeInfo(0x8000000000000000000000000000000000000000, ("127.0.0.30", 40000))
 IH = "c0ffee" + "00" * 17
-COMMANDS = ["run", "status", "routes", "ping", "lookup", "announce", "unannounce", "peers", "put", "get", "demo", "sim"]
+COMMANDS = [
+    "run", "status", "routes", "ping", "lookup", "announce", "unannounce", "peers", "put", "get", "demo", "sim",
+    "share", "shares", "unshare", "locate", "fetch",
+]
 PUBLIC_KEY = FAKE_PUBLIC_KEY
 ADDRESS = f"{PUBLIC_KEY.hex()}/greeting"
 

@@ -235,7 +235,7 @@ def test_override_bootstrap_strings() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('hots = "127.0.0.1"', r"unknown key 'hots'; valid keys: host, port, data_dir, bootstrap"),
+        ('hots = "127.0.0.1"', r"unknown key 'hots'; valid keys: host, port, torrent_port, upload_rate, data_dir"),
         ("port = 70000", "port 70000 is out of range"),
         ('port = "6881"', r"port must be an integer, got '6881'"),
         ("port = true", "port must be an integer"),

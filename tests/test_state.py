@@ -100,7 +100,7 @@ def test_closed_store_raises(tmp_path: Path) -> None:
 
 def test_schema_version_recorded(tmp_path: Path) -> None:
     with StateStore.open(tmp_path) as store:
-        assert store.schema_version() == state.SCHEMA_VERSION == 2
+        assert store.schema_version() == state.SCHEMA_VERSION == 3
         tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"meta", "routes", "peers", "items", "own_items", "own_announces"} <= tables
 

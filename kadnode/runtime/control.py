@@ -27,6 +27,8 @@ from typing import Any, Protocol
 from kadnode.client import format_item_address, parse_item_address
 from kadnode.core.bep44 import mutable_target
 from kadnode.core.results import AnnounceResult, GetPeersResult, GetResult, LookupResult, PingResult, PutResult
+from kadnode.runtime.files_api import FILE_HANDLERS, FileRequestError
+from kadnode.runtime.shares import ShareService
 from kadnode.settings import Settings
 from kadnode.storage.base import Item, MutableItem, StorageError
 from kadnode.types import Addr, NodeInfo
@@ -45,7 +47,8 @@ MAX_UNIX_PATH = 107
 ID_KEYS = frozenset({"id", "node_id", "target"})
 """Integer fields with these names are 160-bit IDs and travel as 40-char hex."""
 
-COMMANDS = ("status", "routes", "ping", "lookup", "announce", "unannounce", "peers", "put", "get")
+COMMANDS = ("status", "routes", "ping", "lookup", "announce", "unannounce", "peers", "put", "get", "share", "shares",
+            "unshare", "locate")
 MAX_VALUE_DEPTH = 32
 MAX_VALUE_ITEMS = 2000
 """Bounds for decoding a client's pre-bencoded value (`bencoded: true`); a 1000-byte value has fewer."""
@@ -385,8 +388,9 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-async def handle_request(node: ControlledNode, line: bytes) -> dict[str, Any]:
-    """Answer one request line; every failure becomes an ok:false reply."""
+async def handle_request(node: ControlledNode, line: bytes, shares: ShareService | None = None) -> dict[str, Any]:
+    """Answer one request line; every failure becomes an ok:false reply. The file commands need the
+    daemon's `shares`."""
     try:
         request = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -400,13 +404,18 @@ async def handle_request(node: ControlledNode, line: bytes) -> dict[str, Any]:
     extra = sorted(set(request) - {"cmd", "args"})
     if extra:
         return _error(f"unknown request field(s) {', '.join(extra)}; a request has only cmd and args")
-    if not isinstance(cmd, str) or cmd not in HANDLERS:
+    if not isinstance(cmd, str) or (cmd not in HANDLERS and cmd not in FILE_HANDLERS):
         return _error(f"unknown command {cmd!r:.60}; known commands: {', '.join(COMMANDS)}")
     if not isinstance(args, dict):
         return _error("args must be a JSON object")
     try:
-        result = await HANDLERS[cmd](node, args)
-    except RequestError as exc:
+        if cmd in FILE_HANDLERS:
+            if shares is None:
+                return _error(f"{cmd}: this node does not share files (only `kadnode run` does)")
+            result = await FILE_HANDLERS[cmd](shares, args)
+        else:
+            result = await HANDLERS[cmd](node, args)
+    except (RequestError, FileRequestError) as exc:
         return _error(f"{cmd}: {exc}")
     except asyncio.CancelledError:
         raise
@@ -438,8 +447,10 @@ class ControlServer:
         max_connections: int = MAX_CONNECTIONS,
         max_line: int = MAX_LINE,
         idle_timeout: float = IDLE_TIMEOUT,
+        shares: ShareService | None = None,
     ) -> None:
         self.node = node
+        self.shares = shares
         self.path = Path(path)
         self.max_connections = max_connections
         self.max_line = max_line
@@ -559,7 +570,7 @@ class ControlServer:
                 return
             if not line.strip():
                 continue
-            writer.write(_encode(await handle_request(self.node, line)))
+            writer.write(_encode(await handle_request(self.node, line, self.shares)))
             await writer.drain()
 
     @staticmethod

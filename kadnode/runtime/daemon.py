@@ -15,8 +15,11 @@ from collections.abc import Callable
 from kadnode.config import DaemonConfig, read_seeds_file
 from kadnode.logs import setup_logging
 from kadnode.runtime.node import Node
+from kadnode.runtime.shares import ShareService
 from kadnode.runtime.state import StateError
 from kadnode.runtime.udp import BindError
+from kadnode.torrent.peerid import new_peer_id
+from kadnode.torrent.server import SeedServer
 from kadnode.types import Addr
 
 log = logging.getLogger("kadnode.daemon")
@@ -85,6 +88,23 @@ def _install_signal_handlers(stop_event: asyncio.Event) -> list[signal.Signals]:
     return installed
 
 
+async def start_seed_server(host: str, port: int, upload_rate: int | None = None) -> SeedServer:
+    """The TCP server for shared files, on `port` (0: any free port)."""
+    server = SeedServer(host, port, peer_id=new_peer_id(), upload_rate=upload_rate)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise TorrentPortError(
+            f"cannot listen for file transfers on TCP {host}:{port}: {exc.strerror or exc}; "
+            "free the port or choose another with --torrent-port (0: any free port)"
+        ) from None
+    return server
+
+
+class TorrentPortError(OSError):
+    """The TCP port for shared files is taken."""
+
+
 async def run_daemon(
     config: DaemonConfig,
     *,
@@ -110,11 +130,17 @@ async def run_daemon(
     )
     await node.start()
     control: ControlServer | None = None
+    seeder: SeedServer | None = None
+    shares: ShareService | None = None
     signals: list[signal.Signals] = []
     bootstrapper: asyncio.Task[None] | None = None
     try:
-        control = ControlServer(node, config.control_socket_path)
+        torrent_port = node.addr[1] if config.torrent_port is None else config.torrent_port
+        seeder = await start_seed_server(config.host, torrent_port, config.upload_rate)
+        shares = ShareService(node, seeder)
+        control = ControlServer(node, config.control_socket_path, shares=shares)
         await control.start()
+        await shares.restore()
         host, port = node.addr
         log.info(
             "node %040x listening on %s:%d (data in %s)", node.node_id, host, port, config.data_dir,
@@ -140,6 +166,10 @@ async def run_daemon(
                 await bootstrapper
         if control is not None:
             await control.close()
+        if shares is not None:
+            await shares.close()
+        if seeder is not None:
+            await seeder.close()
         await node.stop()  # saves the routing table first
         log.info("stopped")
 
@@ -151,7 +181,7 @@ def run(config: DaemonConfig) -> int:
     setup_logging(config.log_level, config.log_format)
     try:
         asyncio.run(run_daemon(config))
-    except (BindError, StateError, ControlSocketError) as exc:  # messages written for the operator
+    except (BindError, StateError, ControlSocketError, TorrentPortError) as exc:  # written for the operator
         log.error("%s", exc)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed

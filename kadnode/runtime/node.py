@@ -242,6 +242,11 @@ class Node:
         return self._identity
 
     @property
+    def state(self) -> StateStore | None:
+        """The data directory's state database (None for a node without a data dir, or not started)."""
+        return self._store
+
+    @property
     def running(self) -> bool:
         return self._core is not None and not self._stopped
 

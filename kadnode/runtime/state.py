@@ -22,6 +22,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -33,7 +34,7 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 ID_BYTES = 20
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # version -> statements that bring a database at version-1 to version; append, never edit.
     1: (
@@ -59,7 +60,30 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         " public_key BLOB, salt BLOB, seq INTEGER, signature BLOB, value BLOB NOT NULL)",
         "CREATE TABLE IF NOT EXISTS own_announces (info_hash BLOB PRIMARY KEY, port INTEGER)",
     ),
+    # Shared files (kadnode/runtime/shares.py): the .torrent we built or were given, where the content
+    # is, and each file's (size, mtime_ns) when it was last verified, so a restart re-hashes only files
+    # that changed.
+    3: (
+        "CREATE TABLE IF NOT EXISTS shares ("
+        " info_hash BLOB PRIMARY KEY, path TEXT NOT NULL, torrent BLOB NOT NULL, stamp TEXT NOT NULL,"
+        " added REAL NOT NULL)",
+    ),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class SavedShare:
+    """One row of `shares`: what `kadnode share` handed the daemon."""
+
+    info_hash: bytes
+    path: str
+    """The shared file or directory (its parent is the torrent's root)."""
+    torrent: bytes
+    """The .torrent file (its `info` is what the info-hash names)."""
+    stamp: str
+    """JSON list of [size, mtime_ns] per file when the content was last verified."""
+    added: float
+    """Wall-clock seconds."""
 
 
 class StateError(RuntimeError):
@@ -233,6 +257,33 @@ class StateStore:
             conn.executemany(
                 "INSERT OR REPLACE INTO routes (node_id, host, port, last_seen) VALUES (?, ?, ?, ?)", rows
             )
+
+    # ------------------------------------------------------------------ shares
+
+    def save_share(self, share: SavedShare) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO shares (info_hash, path, torrent, stamp, added) VALUES (?, ?, ?, ?, ?)",
+                (share.info_hash, share.path, share.torrent, share.stamp, share.added),
+            )
+
+    def remove_share(self, info_hash: bytes) -> bool:
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM shares WHERE info_hash = ?", (info_hash,)).rowcount > 0
+
+    def load_shares(self) -> list[SavedShare]:
+        """Saved shares, oldest first; rows of the wrong types are skipped (the share code re-checks the
+        torrent itself)."""
+        shares: list[SavedShare] = []
+        for info_hash, path, torrent, stamp, added in self.conn.execute(
+            "SELECT info_hash, path, torrent, stamp, added FROM shares ORDER BY added"
+        ):
+            if (
+                isinstance(info_hash, bytes) and len(info_hash) == ID_BYTES and isinstance(path, str)
+                and isinstance(torrent, bytes) and isinstance(stamp, str) and isinstance(added, float | int)
+            ):
+                shares.append(SavedShare(info_hash, path, torrent, stamp, float(added)))
+        return shares
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
