@@ -484,7 +484,7 @@ def test_shares_the_state_database(tmp_path: Path) -> None:
         s = open_sql(store.path)
         store.save_node_id(77)
         s.save_own_announce(IH_A, 1)
-        assert store.schema_version() == state.SCHEMA_VERSION == 2
+        assert store.schema_version() == state.SCHEMA_VERSION == 3
         s.close()
     with StateStore.open(tmp_path) as store:
         assert store.load_node_id() == 77
@@ -502,7 +502,7 @@ def test_opening_a_version_1_database_migrates_it(tmp_path: Path) -> None:
     s.put_item(immutable(1), 0.0, source_ip="127.0.0.2")
     s.close()
     with StateStore.open(tmp_path) as store:
-        assert store.schema_version() == 2
+        assert store.schema_version() == state.SCHEMA_VERSION
         assert store.load_node_id() == int.from_bytes(b"\x01" * 20, "big")
 
 
