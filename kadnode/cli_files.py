@@ -174,7 +174,12 @@ class ProgressLine:
         self._drawn = False
 
     def __call__(self, progress: Any) -> None:
-        total = max(progress.total, 1)
+        if not progress.total:  # no metadata yet
+            if self.tty:
+                click.echo(f"\rgetting the metadata from {plural(progress.peers, 'peer')}...\x1b[K", nl=False, err=True)
+                self._drawn = True
+            return
+        total = progress.total
         share = progress.bytes_done / total
         text = (f"{share:6.1%} {human_size(progress.bytes_done)}/{human_size(progress.total)}  "
                 f"{progress.verified}/{progress.pieces} pieces  {plural(progress.peers, 'peer')}  "
