@@ -281,6 +281,20 @@ def test_a_new_member_is_probed_within_the_next_round() -> None:
     assert peer(99).id in targets
 
 
+def test_a_member_to_check_soon_is_probed_at_once_outside_the_round_robin() -> None:
+    g = make(30)
+    now = 5.0
+    first = g.next_probe(now)  # this interval's slot is taken
+    assert first is not None
+    g.add(peer(99), now)
+    g.check_soon(peer(99).id, now)
+    g.check_soon(1234567, now)  # not a member: nothing to do
+    probe = g.next_probe(now)
+    assert probe is not None and probe.target == peer(99)
+    assert g.next_probe(now) is None  # one probe, not one per call
+    assert g.counters["probes.stale_added"] == 1
+
+
 def test_failed_direct_probe_asks_gossip_capable_helpers() -> None:
     g = make(6)
     g.mark_plain(peer(0).id)

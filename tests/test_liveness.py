@@ -181,6 +181,23 @@ def test_piggybacking_keeps_datagrams_within_the_limit() -> None:
     assert len(large) <= PIGGYBACK_DATAGRAM_LIMIT
 
 
+def test_a_replacement_promoted_without_a_recent_answer_is_probed_at_once() -> None:
+    """After a mass crash the replacements may have crashed too: they are checked now, not a round later."""
+    core = started_core()
+    assert core.liveness is not None
+    stale = NodeInfo(2**159 + 77, ("127.0.0.9", 7009))
+    fresh = NodeInfo(2**159 + 78, ("127.0.0.10", 7010))
+    now = 300.0
+    core.advance(now)  # this interval's round-robin probe goes out now
+    core.take_outgoing()
+    core.routing_table.heard_from(stale, 100.0, responded=True)  # enters good, last heard long ago
+    core.routing_table.heard_from(fresh, now, responded=True)
+    core.advance(now)
+    probed = {a for d, a in core.take_outgoing() if isinstance(decode_message(d), Query)}
+    assert stale.addr in probed and fresh.addr not in probed
+    assert core.liveness.gossip.counters["probes.stale_added"] == 1
+
+
 def test_indirect_probe_request_is_answered_after_our_probe_of_the_target() -> None:
     core = started_core()
     target = NodeInfo(int.from_bytes(PEER_ID, "big"), PEER)

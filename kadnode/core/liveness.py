@@ -63,6 +63,10 @@ PIGGYBACK_DATAGRAM_LIMIT = 1280
 reply near the 1,000-byte value limit goes without them rather than be fragmented."""
 PIGGYBACK_OVERHEAD = 10
 """`4:kn_c` and the string's length prefix."""
+STALE_ENTRY = 2.0
+"""An entry that enters the table good, having last answered longer ago than this (a replacement promoted
+in place of an evicted node), is probed at once: when nodes crash together, so may their replacements.
+(A newcomer that never answered is not good, and the node pings it anyway.)"""
 MAX_CANDIDATE_PINGS = 4
 """Pings to strangers that others claimed alive, in flight at once: hearsay cannot make us flood."""
 
@@ -92,8 +96,12 @@ class Liveness:
     # --- the routing table's changes ---------------------------------------------------------------
 
     def entry_added(self, entry: RoutingEntry) -> None:
-        self.gossip.add(entry.node_info(), self.node.last_now)
-        if self.deadline is None:
+        now = self.node.last_now
+        self.gossip.add(entry.node_info(), now)
+        if entry.last_response is not None and now - entry.last_response > STALE_ENTRY:
+            self.gossip.check_soon(entry.id, now)  # a promoted replacement: it may be as dead as its forerunner
+            self._refresh()
+        elif self.deadline is None:
             self._refresh()
 
     def entry_removed(self, entry: RoutingEntry, evicted: bool) -> None:

@@ -227,6 +227,14 @@ class Gossip:
         self._members[node.id] = _Member(node)
         self._order.insert(self._rng.randint(0, len(self._order)), node.id)
 
+    def check_soon(self, node_id: int, now: float) -> None:
+        """Probe member ``node_id`` as soon as the budget allows, outside the round robin: it entered our
+        table without a recent answer. After a mass crash the replacements promoted in place of the dead
+        may have crashed too; the round robin would reach them only a whole round later."""
+        if node_id in self._members and node_id not in self._rounds and node_id not in self._urgent:
+            self._urgent[node_id] = now
+            self.counters["probes.stale_added"] += 1
+
     def remove(self, node_id: int) -> None:
         """Stop tracking ``node_id`` (it left our routing table). Claims already queued still go out."""
         if self._members.pop(node_id, None) is not None:
