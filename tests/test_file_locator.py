@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import pytest
 
 from kadnode.torrent.metainfo import build_metainfo
 from kadnode.torrent.pieces import PieceStore
+from tests.conftest import free_port
 
 MiB = 1024 * 1024
 START_TIMEOUT = 20.0
@@ -36,21 +36,6 @@ NO_PROGRESS = "30"
 
 
 # --- processes ------------------------------------------------------------------------------------
-
-
-def free_port(host: str) -> int:
-    """A port free for both UDP (the DHT) and TCP (the seed server) on `host`."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise OSError(f"no port free for both UDP and TCP on {host}")
 
 
 def kadnode_cmd(*args: str) -> list[str]:

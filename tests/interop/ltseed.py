@@ -14,7 +14,6 @@ Everything blocks; alert objects are read at once and never kept (they die at th
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ import libtorrent as lt
 
 from kadnode.types import Addr
 from kadnode.wire.bencode import bencode
+from tests.conftest import free_port
 from tests.interop.ltpeer import _compact, _is_loopback, _require_loopback, loopback_only_filter, loopback_settings
 
 ALERT_MASK = lt.alert.category_t.status_notification | lt.alert.category_t.error_notification
@@ -33,21 +33,6 @@ POLL_INTERVAL = 0.05
 ANNOUNCE_EVERY = 1.0
 """While waiting, ask the torrent for a DHT announce (a get_peers lookup) this often: libtorrent's own
 schedule announces once at start, then every 15 minutes."""
-
-
-def free_port(host: str) -> int:
-    """A port free for both TCP and UDP on ``host``: libtorrent listens on both with one number."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise OSError(f"no port free for both TCP and UDP on {host}")
 
 
 def torrent_settings(host: str, port: int) -> lt.settings_pack:
