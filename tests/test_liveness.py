@@ -190,12 +190,18 @@ def test_a_replacement_promoted_without_a_recent_answer_is_probed_at_once() -> N
     now = 300.0
     core.advance(now)  # this interval's round-robin probe goes out now
     core.take_outgoing()
-    core.routing_table.heard_from(stale, 100.0, responded=True)  # enters good, last heard long ago
+    entry = core.routing_table.heard_from(stale, 100.0, responded=True)  # last heard long ago
     core.routing_table.heard_from(fresh, now, responded=True)
+    assert entry is not None and entry.state(now, core.settings) is not NodeState.GOOD  # not until it answers
     core.advance(now)
-    probed = {a for d, a in core.take_outgoing() if isinstance(decode_message(d), Query)}
-    assert stale.addr in probed and fresh.addr not in probed
+    out = core.take_outgoing()
+    probes = [decode_message(d) for d, a in out if a == stale.addr]
+    assert [type(m) for m in probes] == [Query]
+    assert not [d for d, a in out if a == fresh.addr]  # a fresh entry waits for its round-robin turn
     assert core.liveness.gossip.counters["probes.stale_added"] == 1
+    core.datagram_received(encode_response(probes[0].tid, {b"id": stale.id.to_bytes(20, "big"), b"inc": 1}, None, ME),
+                           stale.addr, now + 0.1)
+    assert entry.state(now + 0.1, core.settings) is NodeState.GOOD
 
 
 def test_indirect_probe_request_is_answered_after_our_probe_of_the_target() -> None:

@@ -64,9 +64,9 @@ reply near the 1,000-byte value limit goes without them rather than be fragmente
 PIGGYBACK_OVERHEAD = 10
 """`4:kn_c` and the string's length prefix."""
 STALE_ENTRY = 2.0
-"""An entry that enters the table good, having last answered longer ago than this (a replacement promoted
-in place of an evicted node), is probed at once: when nodes crash together, so may their replacements.
-(A newcomer that never answered is not good, and the node pings it anyway.)"""
+"""An entry that enters the table having last answered longer ago than this (a replacement promoted in
+place of an evicted node) is questionable until it answers, and probed at once: when nodes crash
+together, so may their replacements. (A newcomer that never answered is not good anyway, and pinged.)"""
 MAX_CANDIDATE_PINGS = 4
 """Pings to strangers that others claimed alive, in flight at once: hearsay cannot make us flood."""
 
@@ -99,7 +99,10 @@ class Liveness:
         now = self.node.last_now
         self.gossip.add(entry.node_info(), now)
         if entry.last_response is not None and now - entry.last_response > STALE_ENTRY:
-            self.gossip.check_soon(entry.id, now)  # a promoted replacement: it may be as dead as its forerunner
+            # A promoted replacement: it may be as dead as its forerunner. Not good until it answers us,
+            # and asked at once.
+            self.node.routing_table.mark_questionable(entry.id)
+            self.gossip.check_soon(entry.id, now)
             self._refresh()
         elif self.deadline is None:
             self._refresh()
