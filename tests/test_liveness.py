@@ -284,3 +284,37 @@ def test_crashed_nodes_stop_being_good_far_sooner_with_gossip() -> None:
     with_gossip = detection_time(True)
     without = detection_time(False)
     assert with_gossip < 120 and without > 5 * with_gossip, (with_gossip, without)
+
+
+def test_a_referral_that_never_answers_is_skipped_after_three_timeouts() -> None:
+    """A small network keeps naming a dead node (its peers rarely query it): after it left three of our
+    requests unanswered, lookups stop asking it for a while instead of waiting out its backed-off
+    timeout each time."""
+    core = started_core()
+    dead = NodeInfo(2**159 + 5, ("127.0.0.99", 9999))
+    now = 10.0
+    queried_dead: list[bool] = []
+    durations: list[float] = []
+    for _ in range(5):
+        done: list[object] = []
+        started = now
+        core.find_node(2**159 + 6, now, done.append)
+        asked_dead = False
+        while not done and now < started + 60:
+            for data, addr in core.take_outgoing():
+                message = decode_message(data)
+                if not isinstance(message, Query):
+                    continue
+                if addr == PEER:
+                    values = {b"id": PEER_ID, b"nodes": encode_nodes([dead])}
+                    core.datagram_received(encode_response(message.tid, values, None, ME), PEER, now + 0.01)
+                elif addr == dead.addr and isinstance(message.body, FindNode):
+                    asked_dead = True
+            now += 0.05
+            core.advance(now)
+        assert done
+        queried_dead.append(asked_dead)
+        durations.append(now - started)
+    # Each lookup asks it twice (a request and its retry): three timeouts are passed during the second.
+    assert queried_dead == [True, True, False, False, False]
+    assert max(durations[2:]) <= 0.1 < min(durations[:2])  # no more waiting for the dead node

@@ -160,7 +160,8 @@ class LookupOp(Handler):
             self.node.counters["dropped.bad_response"] += 1
             self.lookup.on_failure(node, now)
         else:
-            self.lookup.on_response(node, closer, now)
+            rpc = self.node.rpc
+            self.lookup.on_response(node, [n for n in closer if not rpc.unresponsive(n.addr, now)], now)
         self.pump(now)
 
     def rpc_error(self, txn: Transaction, error: ErrorReply, now: float) -> None:

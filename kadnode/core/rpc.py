@@ -61,13 +61,16 @@ class Transaction:
 class _Estimator:
     """SRTT/RTTVAR of one peer (or of all peers), plus an RFC 6298 5.5 backed-off timeout."""
 
-    __slots__ = ("backoff", "rttvar", "srtt")
+    __slots__ = ("backoff", "last_timeout", "rttvar", "srtt", "timeouts")
 
     def __init__(self) -> None:
         self.srtt: float | None = None
         self.rttvar = 0.0
         self.backoff: float | None = None
         """Set after a timeout: the doubled full timeout, kept until the next real sample."""
+        self.timeouts = 0
+        """Requests in a row that timed out (any answer resets it)."""
+        self.last_timeout = 0.0
 
     def sample(self, rtt: float) -> None:
         if self.srtt is None:
@@ -77,6 +80,13 @@ class _Estimator:
             self.rttvar = (1 - RTT_BETA) * self.rttvar + RTT_BETA * abs(self.srtt - rtt)
             self.srtt = (1 - RTT_ALPHA) * self.srtt + RTT_ALPHA * rtt
         self.backoff = None
+        self.timeouts = 0
+
+
+UNRESPONSIVE_TIMEOUTS = 3
+UNRESPONSIVE_MEMORY = 120.0
+"""Seconds an address that timed out UNRESPONSIVE_TIMEOUTS times in a row is skipped as a lookup referral;
+after that one request may try it again (a node restarted at the same address comes back)."""
 
 
 def _clamp(value: float, low: float, high: float) -> float:
@@ -176,6 +186,17 @@ class RpcManager:
         est = self._peers.get(addr)
         return None if est is None else est.srtt
 
+    def unresponsive(self, addr: Addr, now: float) -> bool:
+        """Whether `addr` left our last UNRESPONSIVE_TIMEOUTS (3) requests unanswered, the latest less than
+        UNRESPONSIVE_MEMORY ago: lookups then skip it when others name it (nodes keep handing out a
+        dead node they rarely query, and a lookup with fewer than k answers waits out every request)."""
+        est = self._peers.get(addr)
+        return (
+            est is not None
+            and est.timeouts >= UNRESPONSIVE_TIMEOUTS
+            and now - est.last_timeout < UNRESPONSIVE_MEMORY
+        )
+
     def timeout_for(self, addr: Addr) -> float:
         """Full timeout: SRTT + 4*RTTVAR of the peer (or of everyone, for a peer never measured)."""
         s = self._settings
@@ -225,6 +246,8 @@ class RpcManager:
         doubled = min(self._settings.rpc_timeout_max, 2 * (txn.deadline - txn.sent_at))
         est = self._peer(txn.addr)
         est.backoff = doubled if est.backoff is None else max(est.backoff, doubled)
+        est.timeouts += 1
+        est.last_timeout = txn.deadline
 
     def _push(self, when: float, txn: Transaction) -> None:
         self._seq += 1
