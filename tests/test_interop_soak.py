@@ -66,6 +66,12 @@ async def test_mixed_network_keeps_working_with_gossip_on() -> None:
     async with AsyncExitStack() as stack:
         nodes, peers, peer_seeds = await start_mixed_network(stack, KADNODE_HOSTS, LIBTORRENT_HOSTS)
         assert all(node.core.settings.gossip_enabled for node in nodes)
+        # As in tests/test_interop_libtorrent.py: each libtorrent session has verified its seeds and made a
+        # lookup, so the tables have met before the first round (libtorrent refreshes one node per 5 s).
+        for peer, seeds in zip(peers, peer_seeds, strict=True):
+            for seed in seeds:
+                assert await in_thread(peer.wait_for_node, seed, STEP_TIMEOUT), f"{peer} never verified {seed}"
+            await in_thread(peer.get_peers, rng.randbytes(20), STEP_TIMEOUT)
         deadline = time.monotonic() + SOAK_SECONDS
         rounds = 0
         while rounds < 3 or time.monotonic() < deadline:

@@ -391,17 +391,18 @@ async def test_a_cancelled_fetch_resumes_from_its_verified_pieces(tmp_path: Path
             await asyncio.wait_for(running[0], timeout=15)
         assert 20 <= len(first) < meta.piece_count
         assert len(set(first)) == len(first)
-        # Everything reported is on disk, verified.
+        # Everything reported is on disk, verified; a write already running in its thread when the
+        # cancel came may have added a piece that was never reported.
         on_disk = PieceStore(meta, out, writable=False).verify()
-        assert on_disk == set(first)
+        assert set(first) <= on_disk and len(on_disk) < meta.piece_count
 
         result = await asyncio.wait_for(
             fetch(meta.info_hash, out, find_peers=find, peer_id=FETCHER_ID, on_piece=second.append), timeout=15
         )
-    assert result.reused == len(first)
-    assert not set(first) & set(second)
-    assert sorted(first + second) == list(range(meta.piece_count))
-    assert result.downloaded == meta.total_length - sum(meta.piece_size(i) for i in first)
+    assert result.reused == len(on_disk)
+    assert not on_disk & set(second)
+    assert sorted([*on_disk, *second]) == list(range(meta.piece_count))
+    assert result.downloaded == meta.total_length - sum(meta.piece_size(i) for i in on_disk)
     assert result.path.read_bytes() == path.read_bytes()
 
 
