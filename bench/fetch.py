@@ -66,7 +66,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from bench.common import distribution, log
+from bench.common import distribution, free_port, log
 from kadnode.client import ClientError, ControlClient
 
 if TYPE_CHECKING:
@@ -133,21 +133,6 @@ def parse_size(text: str) -> int:
     if size < 1:
         raise ValueError(f"the size must be at least 1 byte, not {text!r}")
     return size
-
-
-def free_port(host: str) -> int:
-    """A port free for both UDP and TCP on `host`: kadnode and libtorrent listen on both with one number."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise OSError(f"no port free for both UDP and TCP on {host}")
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -413,51 +398,16 @@ class LtEvent:
 
 
 def lt_settings(host: str, port: int, alert_mask: int, overrides: dict[str, Any] | None = None) -> lt.settings_pack:
-    """libtorrent on `host:port` only, DHT started later, TCP peers without uTP or encryption; then
-    `overrides` (`--lt-set`)."""
-    import libtorrent as lt
+    """libtorrent on `host:port` only, DHT started later, TCP peers without uTP or encryption
+    (`bench.ltloopback`), as a BEP 43 read-only DHT node; then `overrides` (`--lt-set`).
 
-    settings: dict[str, Any] = {
-        # An explicit loopback interface: with 0.0.0.0 libtorrent never runs its DHT on loopback.
-        "listen_interfaces": f"{host}:{port}",
-        # Started once the socket listens; otherwise the injected nodes are used up before it exists.
-        "enable_dht": False,
-        "listen_system_port_fallback": False,
-        "max_retry_port_bind": 0,
-        # No public router; the bootstrap nodes come in as DHT state.
-        "dht_bootstrap_nodes": "",
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "enable_ip_notifier": False,
-        # One node per /24 by default, and every loopback node is in 127.0.0.0/24.
-        "dht_restrict_routing_ips": False,
-        "dht_restrict_search_ips": False,
-        # The default 8,000 B/s DHT quota silently drops queries; the default IP block is 300 s.
-        "dht_upload_rate_limit": 10_000_000,
-        "dht_block_ratelimit": 1_000_000,
-        "dht_block_timeout": 1,
-        "dht_privacy_lookups": False,
-        "dht_enforce_node_id": False,
-        "dht_prefer_verified_node_ids": False,
-        "apply_filter_to_dht": True,
-        # BEP 43 read-only nodes: they look up and announce but never enter a routing table. Otherwise each
-        # run's fetcher, once exited, stays behind as a dead node (in kadnode's tables, or handed to kadnode's
-        # lookups by the libtorrent seeders), and in a network this small every later kadnode lookup waited
-        # for it, its timeout doubling from lookup to lookup (0.27, 0.52, 1.0, 2.0, 4.0, 8.0 s measured):
-        # the kadnode cases slowed down run after run.
-        "dht_read_only": True,
-        # kadnode speaks plain BEP 3 over TCP: uTP and encrypted handshakes only cost seconds per peer.
-        "enable_outgoing_tcp": True,
-        "enable_incoming_tcp": True,
-        "enable_outgoing_utp": False,
-        "enable_incoming_utp": False,
-        "out_enc_policy": int(lt.enc_policy.disabled),
-        "in_enc_policy": int(lt.enc_policy.disabled),
-        "allow_multiple_connections_per_ip": True,
-        "alert_mask": alert_mask,
-        "alert_queue_size": 10_000,
-    }
+    Read-only: a read-only node looks up and announces but never enters a routing table. Otherwise each
+    run's fetcher, once exited, stays behind as a dead node (in kadnode's tables, or handed to kadnode's
+    lookups by the libtorrent seeders), and later lookups pay for it."""
+    from bench.ltloopback import loopback_settings
+
+    settings = dict(cast(dict[str, Any], loopback_settings(host, port, alert_mask, peers=True)))
+    settings["dht_read_only"] = True
     settings.update(overrides or {})
     return cast("lt.settings_pack", settings)
 
@@ -504,10 +454,9 @@ class LtSession:
         state: dict[bytes, Any] = {b"dht state": {b"nodes": nodes}}
         params = lt.read_session_params(lt.bencode(state))
         params.settings = lt_settings(self.host, self.port, self._mask, self._overrides)
-        ip_filter = lt.ip_filter()
-        ip_filter.add_rule("0.0.0.0", "255.255.255.255", 1)  # blocked, but for loopback:
-        ip_filter.add_rule("127.0.0.0", "127.255.255.255", 0)
-        params.ip_filter = ip_filter
+        from bench.ltloopback import loopback_only_filter
+
+        params.ip_filter = loopback_only_filter()
         self._session = lt.session(params)
         listening: set[str] = set()
         deadline = time.monotonic() + timeout

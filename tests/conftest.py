@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import logging
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -112,19 +111,3 @@ class FakeNodeBase:
         was = info_hash in self.announced
         self.announced.discard(info_hash)
         return was
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host``: a kadnode daemon (DHT and seed server) and
-    libtorrent each listen on both with one number."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise OSError(f"no port free for both UDP and TCP on {host}")

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
+from bench.common import free_port
 from kadnode.torrent.metainfo import build_metainfo
 from kadnode.torrent.pieces import PieceStore
-from tests.conftest import free_port
 
 MiB = 1024 * 1024
 START_TIMEOUT = 20.0

@@ -614,23 +614,12 @@ LT_HOST = "127.0.0.81"
 def lt_seed(tmp_path: Path) -> Iterator[tuple[Path, Metainfo, Addr]]:
     """libtorrent 2.1 seeding a 3 MB file on LT_HOST (no DHT: the fetch is handed its endpoint)."""
     lt = pytest.importorskip("libtorrent")
-    from tests.interop.ltpeer import loopback_only_filter
+    from bench.ltloopback import loopback_only_filter, loopback_settings
 
     path = random_file(tmp_path / "lt-share" / "from-libtorrent.bin", 3_000_000 + 17)
     meta = build_metainfo(path)
-    session = lt.session({
-        "listen_interfaces": f"{LT_HOST}:0",
-        "listen_system_port_fallback": False,
-        "enable_dht": False,
-        "dht_bootstrap_nodes": "",
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "enable_ip_notifier": False,
-        "enable_outgoing_tcp": False,
-        "enable_outgoing_utp": False,
-        "alert_mask": lt.alert.category_t.status_notification | lt.alert.category_t.error_notification,
-    })
+    mask = lt.alert.category_t.status_notification | lt.alert.category_t.error_notification
+    session = lt.session(loopback_settings(LT_HOST, 0, int(mask), peers=True))
     session.set_ip_filter(loopback_only_filter())
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(torrent_file(meta))

@@ -658,22 +658,15 @@ def lt_session(*, plain_tcp: bool = True) -> lt.session:
     `plain_tcp`: connect over TCP without encryption at once. libtorrent's defaults first try uTP (which
     we do not speak: ~4.5 s until it gives up), then an encrypted TCP handshake (refused by us), then
     plain TCP a second later; one test keeps the defaults to show that this path works too."""
-    fast: dict[str, Any] = {"enable_outgoing_utp": False, "out_enc_policy": int(lt.enc_policy.disabled)}
-    settings: dict[str, Any] = {
-        **(fast if plain_tcp else {}),
-        "listen_interfaces": f"{LT_HOST}:0",
-        "enable_dht": False,
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "enable_ip_notifier": False,
-        "alert_mask": lt.alert.category_t.error_notification | lt.alert.category_t.status_notification,
-    }
+    from bench.ltloopback import loopback_only_filter, loopback_settings
+
+    mask = lt.alert.category_t.error_notification | lt.alert.category_t.status_notification
+    settings = dict(cast(dict[str, Any], loopback_settings(LT_HOST, 0, int(mask), peers=True)))
+    if not plain_tcp:  # back to libtorrent's defaults for these
+        for name in ("enable_outgoing_utp", "enable_incoming_utp", "out_enc_policy", "in_enc_policy"):
+            del settings[name]
     session = lt.session(cast("lt.settings_pack", settings))
-    only_loopback = lt.ip_filter()
-    only_loopback.add_rule("0.0.0.0", "255.255.255.255", 1)
-    only_loopback.add_rule("127.0.0.0", "127.255.255.255", 0)
-    session.set_ip_filter(only_loopback)
+    session.set_ip_filter(loopback_only_filter())
     return session
 
 

@@ -2,7 +2,7 @@
 
 libtorrent is the reference peer: if it keeps our nodes in its routing table, finds what we announce and
 we find what it announces, we speak the same Mainline DHT. Getting it to run on 127.0.0.0/8 takes a
-handful of settings found by experiment (``loopback_settings`` says why for each), and nothing it does
+handful of settings found by experiment (``bench/ltloopback.py`` says why for each), and nothing it does
 may leave 127.0.0.0/8.
 
 Everything here blocks (libtorrent delivers results as alerts that have to be polled). From asyncio code
@@ -36,6 +36,8 @@ import libtorrent as lt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from bench import ltloopback
+from bench.ltloopback import loopback_only_filter
 from kadnode.types import Addr
 from kadnode.wire.bencode import bencode
 
@@ -72,53 +74,9 @@ def _compact(addr: Addr) -> bytes:
 
 
 def loopback_settings(host: str, port: int) -> lt.settings_pack:
-    """The session settings for a DHT-only libtorrent on ``host:port``."""
-    return {
-        # An explicit loopback interface: with 0.0.0.0 libtorrent marks the loopback socket
-        # local-only and never runs the DHT on it.
-        "listen_interfaces": f"{host}:{port}",
-        # Started by start() once the socket is listening; otherwise the injected nodes are used up
-        # before any socket exists and nothing is sent.
-        "enable_dht": False,
-        # A taken port must fail start(), not silently move to another port.
-        "listen_system_port_fallback": False,
-        "max_retry_port_bind": 0,
-        # Replace the public default router; bootstrap nodes come in as DHT state instead.
-        "dht_bootstrap_nodes": "",
-        # Everything that would send off loopback.
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "enable_ip_notifier": False,
-        # No torrents here, so no peer connections either: only the DHT uses the UDP socket.
-        "enable_outgoing_utp": False,
-        "enable_outgoing_tcp": False,
-        # One node per /24 by default, and every loopback node is in 127.0.0.0/24.
-        "dht_restrict_routing_ips": False,
-        "dht_restrict_search_ips": False,
-        # The default 8,000 B/s quota silently drops incoming queries once spent.
-        "dht_upload_rate_limit": 10_000_000,
-        # The default blocks an IP for 300 s after 5 messages/s; a test sends far more.
-        "dht_block_ratelimit": 1_000_000,
-        "dht_block_timeout": 1,
-        # get_peers would first send obfuscated targets.
-        "dht_privacy_lookups": False,
-        # BEP 42 is skipped for 127/8 anyway; keep it from ever mattering.
-        "dht_enforce_node_id": False,
-        "dht_prefer_verified_node_ids": False,
-        # The ip_filter below also guards the DHT.
-        "apply_filter_to_dht": True,  # type: ignore[typeddict-unknown-key]  # missing from the stubs
-        "alert_mask": ALERT_MASK,
-        "alert_queue_size": 10_000,
-    }
-
-
-def loopback_only_filter() -> lt.ip_filter:
-    """An ip_filter that blocks every IPv4 address except 127.0.0.0/8."""
-    ip_filter = lt.ip_filter()
-    ip_filter.add_rule("0.0.0.0", "255.255.255.255", 1)  # 1 = blocked
-    ip_filter.add_rule("127.0.0.0", "127.255.255.255", 0)
-    return ip_filter
+    """The session settings for a DHT-only libtorrent on ``host:port`` (bench/ltloopback.py says why each
+    one is needed)."""
+    return ltloopback.loopback_settings(host, port, int(ALERT_MASK))
 
 
 # --- BEP 44, independently of kadnode ------------------------------------------------------------

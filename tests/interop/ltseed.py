@@ -4,7 +4,7 @@
 test can check that libtorrent fetches what kadnode shares (magnet link only: peers from the DHT,
 metadata by BEP 9) and that kadnode fetches what libtorrent seeds.
 
-On top of ``ltpeer.loopback_settings`` (why each DHT setting is needed is written there), peer
+With ``bench.ltloopback.loopback_settings(..., peers=True)`` (why each setting is needed is written there), peer
 connections are TCP only and unencrypted: libtorrent's defaults try uTP first and then an encrypted
 handshake, and each attempt at a peer that speaks neither costs seconds before the plain TCP one. kadnode
 speaks plain BEP 3 over TCP, so the defaults only slow the test down.
@@ -18,14 +18,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
 
 import libtorrent as lt
 
+from bench.common import free_port
+from bench.ltloopback import loopback_only_filter, loopback_settings
 from kadnode.types import Addr
 from kadnode.wire.bencode import bencode
-from tests.conftest import free_port
-from tests.interop.ltpeer import _compact, _is_loopback, _require_loopback, loopback_only_filter, loopback_settings
+from tests.interop.ltpeer import _compact, _is_loopback, _require_loopback
 
 ALERT_MASK = lt.alert.category_t.status_notification | lt.alert.category_t.error_notification
 """Listen results and errors; torrent state is read by polling ``status()``."""
@@ -33,24 +33,6 @@ POLL_INTERVAL = 0.05
 ANNOUNCE_EVERY = 1.0
 """While waiting, ask the torrent for a DHT announce (a get_peers lookup) this often: libtorrent's own
 schedule announces once at start, then every 15 minutes."""
-
-
-def torrent_settings(host: str, port: int) -> lt.settings_pack:
-    """``loopback_settings`` plus plain TCP peer connections, fast to start and unthrottled."""
-    settings = dict(cast(dict[str, Any], loopback_settings(host, port)))
-    settings.update({
-        "enable_outgoing_tcp": True,
-        "enable_incoming_tcp": True,
-        # uTP first, then an encrypted handshake: seconds lost per connection to a plain-TCP peer.
-        "enable_outgoing_utp": False,
-        "enable_incoming_utp": False,
-        "out_enc_policy": int(lt.enc_policy.disabled),
-        "in_enc_policy": int(lt.enc_policy.disabled),
-        # Several loopback peers on one machine: nothing to save bandwidth for, nothing to hide.
-        "allow_multiple_connections_per_ip": True,
-        "alert_mask": int(ALERT_MASK),
-    })
-    return cast("lt.settings_pack", settings)
 
 
 class LibtorrentTorrentSession:
@@ -80,7 +62,7 @@ class LibtorrentTorrentSession:
             raise RuntimeError("already started")
         self.port = free_port(self.host)
         params = lt.read_session_params(bencode({b"dht state": {b"nodes": [_compact(a) for a in self._bootstrap]}}))
-        params.settings = torrent_settings(self.host, self.port)
+        params.settings = loopback_settings(self.host, self.port, int(ALERT_MASK), peers=True)
         params.ip_filter = loopback_only_filter()
         self._session = lt.session(params)
         try:
