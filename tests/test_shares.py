@@ -172,7 +172,8 @@ async def test_control_commands_check_their_arguments(tmp_path: Path) -> None:
             ("share", {"path": str(tmp_path / "nope")}, "no such file"),
             ("share", {}, "missing argument"),
             ("share", {"path": str(path), "torrent": str(tmp_path / "none.torrent")}, "cannot read"),
-            ("unshare", {"info_hash": "xyz"}, "40 hex digits"),
+            ("unshare", {"info_hash": "xyz"}, "40 hex characters"),
+            ("locate", {"info_hash": info_hash, "check": "yes"}, "check must be true or false"),
             ("locate", {"info_hash": info_hash, "extra": 1}, "unknown argument"),
         ]:
             reply = await request(shares, cmd, **args)

@@ -27,7 +27,8 @@ from typing import Any, Protocol
 from kadnode.client import format_item_address, parse_item_address
 from kadnode.core.bep44 import mutable_target
 from kadnode.core.results import AnnounceResult, GetPeersResult, GetResult, LookupResult, PingResult, PutResult
-from kadnode.runtime.files_api import FILE_HANDLERS, FileRequestError
+from kadnode.runtime.control_args import RequestError, check_args, parse_bool, parse_hex20
+from kadnode.runtime.files_api import FILE_HANDLERS
 from kadnode.runtime.shares import ShareService
 from kadnode.settings import Settings
 from kadnode.storage.base import Item, MutableItem, StorageError
@@ -56,10 +57,6 @@ MAX_VALUE_ITEMS = 2000
 
 class ControlSocketError(RuntimeError):
     """The control socket cannot be created (in use by a live daemon, path unusable)."""
-
-
-class RequestError(ValueError):
-    """A request the server answers with ok:false; the message tells the user what to do."""
 
 
 class RouteRow(Protocol):
@@ -147,26 +144,6 @@ def to_json(value: Any, key: str | None = None) -> Any:
 # --- argument validation -----------------------------------------------------------------------
 
 
-def _check_args(args: Mapping[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
-    unknown = sorted(set(args) - set(required) - set(optional))
-    if unknown:
-        allowed = ", ".join((*required, *optional)) or "none"
-        raise RequestError(f"unknown argument(s) {', '.join(unknown)}; this command takes: {allowed}")
-    missing = [name for name in required if name not in args]
-    if missing:
-        raise RequestError(f"missing argument(s): {', '.join(missing)}")
-
-
-def parse_hex20(value: Any, name: str) -> bytes:
-    """A 20-byte ID or info-hash given as 40 hex characters."""
-    if not isinstance(value, str) or len(value) != 40:
-        raise RequestError(f"{name} must be 40 hex characters (20 bytes), got {value!r:.60}")
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise RequestError(f"{name} must be 40 hex characters (20 bytes), got {value!r:.60}") from None
-
-
 def parse_port(value: Any, name: str = "port") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise RequestError(f"{name} must be an integer from 1 to 65535, got {value!r:.60}")
@@ -196,12 +173,12 @@ def _lookup_json(result: LookupResult) -> dict[str, Any]:
 
 
 async def _cmd_status(node: ControlledNode, args: Mapping[str, Any]) -> Any:
-    _check_args(args, ())
+    check_args(args, ())
     return to_json(node.status())
 
 
 async def _cmd_routes(node: ControlledNode, args: Mapping[str, Any]) -> Any:
-    _check_args(args, ())
+    check_args(args, ())
     own = node.node_id
     rows = sorted(node.routes(), key=lambda row: row[0].id ^ own)
     return {
@@ -222,25 +199,22 @@ async def _cmd_routes(node: ControlledNode, args: Mapping[str, Any]) -> Any:
 
 
 async def _cmd_ping(node: ControlledNode, args: Mapping[str, Any]) -> Any:
-    _check_args(args, ("host", "port"))
+    check_args(args, ("host", "port"))
     addr = (parse_host(args["host"]), parse_port(args["port"]))
     return to_json(await node.ping(addr))
 
 
 async def _cmd_lookup(node: ControlledNode, args: Mapping[str, Any]) -> Any:
-    _check_args(args, ("target",))
+    check_args(args, ("target",))
     target = int.from_bytes(parse_hex20(args["target"], "target"), "big")
     return _lookup_json(await node.find_node(target))
 
 
-def parse_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise RequestError(f"{name} must be true or false, got {value!r:.60}")
-    return value
+
 
 
 async def _cmd_announce(node: ControlledNode, args: Mapping[str, Any]) -> Any:
-    _check_args(args, ("info_hash",), ("port", "keep"))
+    check_args(args, ("info_hash",), ("port", "keep"))
     info_hash = parse_hex20(args["info_hash"], "info_hash")
     port = args.get("port")
     port = None if port is None else parse_port(port)
@@ -251,7 +225,7 @@ async def _cmd_announce(node: ControlledNode, args: Mapping[str, Any]) -> Any:
 
 
 async def _cmd_unannounce(node: ControlledNode, args: Mapping[str, Any]) -> Any:
-    _check_args(args, ("info_hash",))
+    check_args(args, ("info_hash",))
     info_hash = parse_hex20(args["info_hash"], "info_hash")
     return {"info_hash": info_hash.hex(), "was_announced": node.unannounce(info_hash)}
 
@@ -293,7 +267,7 @@ def item_json(item: Item) -> dict[str, Any]:
 
 
 async def _cmd_put(node: ControlledNode, args: Mapping[str, Any]) -> Any:
-    _check_args(args, (), ("value", "value_b64", "name", "immutable", "bencoded", "cas"))
+    check_args(args, (), ("value", "value_b64", "name", "immutable", "bencoded", "cas"))
     raw = _value_bytes(args)
     immutable = parse_bool(args.get("immutable", False), "immutable")
     name = args.get("name")
@@ -325,7 +299,7 @@ async def _cmd_put(node: ControlledNode, args: Mapping[str, Any]) -> Any:
 
 
 async def _cmd_get(node: ControlledNode, args: Mapping[str, Any]) -> Any:
-    _check_args(args, ("target",), ("salt", "local"))
+    check_args(args, ("target",), ("salt", "local"))
     target = args["target"]
     salt = args.get("salt", "")
     if not isinstance(target, str):
@@ -366,7 +340,7 @@ async def _cmd_get(node: ControlledNode, args: Mapping[str, Any]) -> Any:
 
 
 async def _cmd_peers(node: ControlledNode, args: Mapping[str, Any]) -> Any:
-    _check_args(args, ("info_hash",))
+    check_args(args, ("info_hash",))
     info_hash = parse_hex20(args["info_hash"], "info_hash")
     result = await node.get_peers(info_hash)
     out: dict[str, Any] = to_json(result)
@@ -415,7 +389,7 @@ async def handle_request(node: ControlledNode, line: bytes, shares: ShareService
             result = await FILE_HANDLERS[cmd](shares, args)
         else:
             result = await HANDLERS[cmd](node, args)
-    except (RequestError, FileRequestError) as exc:
+    except RequestError as exc:
         return _error(f"{cmd}: {exc}")
     except asyncio.CancelledError:
         raise

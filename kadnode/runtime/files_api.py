@@ -10,78 +10,57 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from kadnode.runtime.control_args import RequestError, check_args, parse_bool, parse_hex20
 from kadnode.runtime.shares import ShareError, ShareService
 from kadnode.torrent.locate import check_peers
 from kadnode.torrent.metainfo import MAX_TORRENT_SIZE
 
 
-class FileRequestError(ValueError):
-    """A bad argument; the message is for the user."""
-
-
-def _args(args: Mapping[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
-    missing = [name for name in required if name not in args]
-    if missing:
-        raise FileRequestError(f"missing argument(s) {', '.join(missing)}")
-    extra = sorted(set(args) - set(required) - set(optional))
-    if extra:
-        raise FileRequestError(f"unknown argument(s) {', '.join(extra)}")
-
-
-def _info_hash(value: Any) -> bytes:
-    if not isinstance(value, str) or len(value) != 40:
-        raise FileRequestError("info_hash must be 40 hex digits")
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise FileRequestError("info_hash must be 40 hex digits") from None
-
-
 def _path(value: Any, name: str) -> Path:
     if not isinstance(value, str) or not value or "\0" in value:
-        raise FileRequestError(f"{name} must be a path")
+        raise RequestError(f"{name} must be a path")
     path = Path(value)
     if not path.is_absolute():
-        raise FileRequestError(f"{name} must be absolute (the daemon's working directory is not yours)")
+        raise RequestError(f"{name} must be absolute (the daemon's working directory is not yours)")
     return path
 
 
 async def _cmd_share(service: ShareService, args: Mapping[str, Any]) -> Any:
-    _args(args, ("path",), ("torrent",))
+    check_args(args, ("path",), ("torrent",))
     torrent: bytes | None = None
     if args.get("torrent") is not None:
         torrent_path = _path(args["torrent"], "torrent")
         try:
             if torrent_path.stat().st_size > MAX_TORRENT_SIZE:
-                raise FileRequestError(f"{torrent_path} is larger than a torrent file can be")
+                raise RequestError(f"{torrent_path} is larger than a torrent file can be")
             torrent = torrent_path.read_bytes()
         except OSError as exc:
-            raise FileRequestError(f"cannot read {torrent_path}: {exc.strerror or exc}") from None
+            raise RequestError(f"cannot read {torrent_path}: {exc.strerror or exc}") from None
     try:
         share, stored_at = await service.share(_path(args["path"], "path"), torrent)
     except ShareError as exc:
-        raise FileRequestError(str(exc)) from None
+        raise RequestError(str(exc)) from None
     return {**share.to_json(), "announced_to": stored_at, "port": service.server.port}
 
 
 async def _cmd_shares(service: ShareService, args: Mapping[str, Any]) -> Any:
-    _args(args, ())
+    check_args(args, ())
     return {"port": service.server.port, "shares": service.shares(), "server": dict(service.server.counters)}
 
 
 async def _cmd_unshare(service: ShareService, args: Mapping[str, Any]) -> Any:
-    _args(args, ("info_hash",))
-    info_hash = _info_hash(args["info_hash"])
+    check_args(args, ("info_hash",))
+    info_hash = parse_hex20(args["info_hash"], "info_hash")
     return {"info_hash": info_hash.hex(), "was_shared": await service.unshare(info_hash)}
 
 
 async def _cmd_locate(service: ShareService, args: Mapping[str, Any]) -> Any:
-    _args(args, ("info_hash",), ("check",))
-    info_hash = _info_hash(args["info_hash"])
+    check_args(args, ("info_hash",), ("check",))
+    info_hash = parse_hex20(args["info_hash"], "info_hash")
     result = await service.node.get_peers(info_hash)
     peers = list(result.peers)
     checks = []
-    if args.get("check", True):
+    if parse_bool(args.get("check", True), "check"):
         checks = [c.to_json() for c in await check_peers(peers, info_hash, service.server.peer_id)]
     return {
         "info_hash": info_hash.hex(),
